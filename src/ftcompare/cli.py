@@ -1,0 +1,140 @@
+"""`python -m ftcompare <stage> ...`: one command per stage; the Makefile says in which order.
+
+  prepare-base --model 135m                                   convert a packaged GGUF once
+  train   --experiment default --model 135m --method lora [section.key=value ...]
+  merge   --experiment default --model 135m --method lora [section.key=value ...]
+  list    models|methods|tasks|variants --experiment default  (for the Makefile)
+
+Errors the user can fix print one line `error: ...` and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import config, paths
+from .errors import FtcError
+
+
+def setup_environment(offline: bool) -> None:
+    """Project-local HF cache; offline experiments never reach a hub. Must run before HF libraries import."""
+    os.environ.setdefault("HF_HOME", str(paths.HF_HOME))
+    if offline:
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ.setdefault(var, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"),
+                   help="configs/experiments/<name>.yaml (default: $EXPERIMENT or 'default')")
+    p.add_argument("--model", required=True, help="model alias: configs/models/<alias>.yaml")
+    p.add_argument("--method", required=True, help="configs/methods/<name>.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value (sections: experiment, model, method, data, train)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m ftcompare", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare-base", help="convert a packaged model to a HF checkpoint under models/base/")
+    p.add_argument("--model", required=True)
+
+    p = sub.add_parser("train", help="train one (model, method) of an experiment")
+    _run_args(p)
+    p.add_argument("--force", action="store_true", help="re-train even if train_summary.json matches the config")
+
+    p = sub.add_parser("merge", help="merge a trained run into a plain checkpoint (<run>/merged/)")
+    _run_args(p)
+
+    p = sub.add_parser("list", help="print names for the Makefile")
+    p.add_argument("what", choices=["models", "methods", "tasks", "variants", "all-models", "all-methods"])
+    p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"))
+    return ap
+
+
+def _experiment(name: str) -> config.ExperimentConfig:
+    exp = config.load("experiments", name)
+    setup_environment(exp.offline)
+    return exp
+
+
+def _resolve(args) -> config.RunConfig:
+    _experiment(args.experiment)
+    return config.resolve_run(args.experiment, args.model, args.method, config.parse_overrides(args.overrides))
+
+
+def cmd_prepare_base(args) -> int:
+    model = config.load("models", args.model)
+    setup_environment(offline=model.source != "hub")
+    from .assets import prepare_base
+
+    prepare_base(model)
+    return 0
+
+
+def cmd_train(args) -> int:
+    run = _resolve(args)
+    from .train import is_done, train
+
+    if is_done(run) and not args.force:
+        print(f"[train] {run.experiment}/{run.model.alias}/{run.method.name} is up to date (config {run.hash()})")
+        os.utime(paths.run_dir(run.experiment, run.model.alias, run.method.name) / "train_summary.json")
+        return 0
+    train(run)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .merge import merge
+
+    merge(_resolve(args))
+    return 0
+
+
+def cmd_list(args) -> int:
+    if args.what == "all-models":
+        print(" ".join(config.available("models")))
+        return 0
+    if args.what == "all-methods":
+        print(" ".join(config.available("methods")))
+        return 0
+    exp = config.load("experiments", args.experiment)
+    print(" ".join({"models": exp.models, "methods": exp.methods, "tasks": exp.evaluation.tasks,
+                    "variants": exp.evaluation.variants}[args.what]))
+    return 0
+
+
+COMMANDS = {"prepare-base": cmd_prepare_base, "train": cmd_train, "merge": cmd_merge, "list": cmd_list}
+
+
+def register(name: str, parser_fn, command_fn) -> None:
+    """Later stages (evaluate, analyze) add their sub-command here."""
+    EXTRA.append((name, parser_fn, command_fn))
+
+
+EXTRA: list = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        from . import evaluate as _evaluate  # noqa: F401  (registers `evaluate` when present)
+    except ImportError:
+        pass
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser_fn, command_fn in EXTRA:
+        parser_fn(sub.add_parser(name, help=(command_fn.__doc__ or "").strip().splitlines()[0] if command_fn.__doc__ else None))
+        COMMANDS[name] = command_fn
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except FtcError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; re-run the same command to resume (finished outputs are kept)", file=sys.stderr)
+        return 130

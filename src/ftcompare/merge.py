@@ -1,0 +1,73 @@
+"""Merge a trained run into a plain HF checkpoint at <run>/merged/ (what `evaluate ... merged` loads).
+
+- full:  the trained model is already plain; merged/ hard-links final/'s files (no copy).
+- lora:  base (model dtype) + adapter -> merge_and_unload.
+- qlora: base quantized to NF4 exactly as in training, *dequantized*, + adapter -> merge_and_unload:
+         the merged weights equal what was trained (max |logit diff| ~3e-7, TOOLCHAIN.md), unlike merging
+         onto the original fp32 base (~7e-2, quantization error). The NF4 base is also saved to
+         <run>/nf4-base/ so the un-merged adapter can be evaluated on the base it was trained on.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import paths
+from .config import RunConfig
+from .errors import FtcError
+from .io import atomic_dir, atomic_write_json, read_json
+from .manifest import manifest, now
+
+
+def merged_dir(run: RunConfig) -> Path:
+    return paths.run_dir(run.experiment, run.model.alias, run.method.name) / "merged"
+
+
+def merge(run: RunConfig) -> Path:
+    from .modeling import load_base, load_tokenizer, torch_dtype
+
+    out = paths.run_dir(run.experiment, run.model.alias, run.method.name)
+    final = out / "final"
+    summary = out / "train_summary.json"
+    if not summary.is_file() or not final.is_dir():
+        raise FtcError(f"{run.model.alias}/{run.method.name} is not trained yet ({summary.relative_to(paths.ROOT)} "
+                       f"missing); run `bash scripts/train.sh {run.model.alias} {run.method.name}` first")
+    train_hash = read_json(summary)["config_hash"]
+    if train_hash != run.hash():
+        raise FtcError(f"{summary.relative_to(paths.ROOT)} was trained with another config ({train_hash} != "
+                       f"{run.hash()}); re-train first (make all does)")
+    if run.method.uses_adapter and not (final / "adapter_config.json").is_file():
+        raise FtcError(f"{final.relative_to(paths.ROOT)} has no adapter_config.json: not a LoRA adapter; re-train")
+
+    tokenizer = load_tokenizer(run.model, str(final))
+    with atomic_dir(out / "merged") as tmp:
+        if not run.method.uses_adapter:
+            for f in final.iterdir():
+                if f.is_file():
+                    os.link(f, Path(tmp) / f.name)
+            how = "full fine-tuning: final/ weights hard-linked"
+        else:
+            from peft import PeftModel
+
+            base = load_base(run.model, run.method)
+            if run.method.quantization is not None:
+                with atomic_dir(out / "nf4-base") as nf4:
+                    base.save_pretrained(nf4)
+                    tokenizer.save_pretrained(nf4)
+                base = base.dequantize()
+                how = "NF4 base dequantized, adapter merged (merge_and_unload)"
+            else:
+                how = "adapter merged into the base (merge_and_unload)"
+            model = PeftModel.from_pretrained(base, str(final))
+            model = model.merge_and_unload()
+            model = model.to(torch_dtype(run.model.dtype))
+            if getattr(model.config, "quantization_config", None) is not None:
+                del model.config.quantization_config
+            model.config.use_cache = True
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        atomic_write_json(Path(tmp) / "merge_manifest.json", {
+            "method": run.method.name, "how": how, "config_hash": run.hash(), "finished": now(),
+            "dtype": run.model.dtype, **manifest()})
+    print(f"[merge] {run.model.alias}/{run.method.name}: {how} -> {(out / 'merged').relative_to(paths.ROOT)}", flush=True)
+    return out / "merged"

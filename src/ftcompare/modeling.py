@@ -1,0 +1,132 @@
+"""Building blocks: load a base model / tokenizer for a run, apply a method (full, LoRA, QLoRA)."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from .assets import base_model_path
+from .config import MethodConfig, ModelConfig, RunConfig
+from .errors import FtcError
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def device_map_for(method: MethodConfig):
+    """4-bit weights must be placed at load time: one GPU per process (DDP), or the CPU."""
+    import torch
+
+    if method.quantization is None:
+        return None
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return {"": "cpu"}
+
+
+def bnb_config(method: MethodConfig):
+    from transformers import BitsAndBytesConfig
+
+    q = method.quantization
+    return BitsAndBytesConfig(
+        load_in_4bit=q.load_in_4bit,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(q.compute_dtype),
+    )
+
+
+def _check_local_weights(path: str) -> None:
+    """Weights are loaded from safetensors only: refuse a folder that has only pickles, or a corrupt file."""
+    p = Path(path)
+    if not p.is_dir():
+        return
+    st = list(p.glob("*.safetensors"))
+    if not st:
+        raise FtcError(f"{p}: no *.safetensors weights (pickled .bin weights are never loaded); re-create the model")
+    from safetensors import safe_open
+
+    for f in st:
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                fh.keys()
+        except Exception as e:  # noqa: BLE001 - any parse failure means the same thing to the user
+            raise FtcError(f"{f}: corrupt safetensors file ({type(e).__name__}); delete it and re-run its make target") from e
+
+
+def load_tokenizer(model: ModelConfig, path: str | None = None):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path or base_model_path(model), trust_remote_code=model.trust_remote_code,
+                                        revision=model.revision if path is None and model.source == "hub" else None)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base(model: ModelConfig, method: MethodConfig | None = None, path: str | None = None):
+    """The untuned model in the model's dtype, or 4-bit quantized when the method asks for it."""
+    from transformers import AutoModelForCausalLM
+
+    src = path or base_model_path(model)
+    _check_local_weights(src)
+    kwargs = dict(dtype=torch_dtype(model.dtype), trust_remote_code=model.trust_remote_code, use_safetensors=True)
+    if path is None and model.source == "hub" and model.revision:
+        kwargs["revision"] = model.revision
+    if method is not None and method.quantization is not None:
+        kwargs["quantization_config"] = bnb_config(method)
+        kwargs["device_map"] = device_map_for(method)
+        kwargs["dtype"] = torch_dtype(method.quantization.compute_dtype)
+    try:
+        return AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    except OSError as e:
+        if "offline" in str(e).lower() or "connect" in str(e).lower() or os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise FtcError(f"cannot load '{src}' offline: hub models need network (unset HF_HUB_OFFLINE) "
+                           "or use the embedded default (--model 135m)") from e
+        raise
+
+
+def lora_config(run: RunConfig):
+    from peft import LoraConfig
+
+    lo = run.method.lora
+    return LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, bias="none", task_type="CAUSAL_LM",
+                      target_modules=list(lo.target_modules or run.model.lora_target_modules))
+
+
+def build_for_training(run: RunConfig):
+    """Base model + method, seeded before the adapter is created (LoRA init draws from the global RNG)."""
+    from transformers import set_seed
+
+    set_seed(run.train.seed)
+    model = load_base(run.model, run.method)
+    model.config.use_cache = False
+    if run.method.uses_adapter:
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if run.method.quantization is not None:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=run.train.gradient_checkpointing,
+                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_seed(run.train.seed)
+        missing = [m for m in (run.method.lora.target_modules or run.model.lora_target_modules)
+                   if not any(n.endswith("." + m) for n, _ in model.named_modules())]
+        if missing:
+            raise FtcError(f"model '{run.model.alias}' has no module(s) named {missing}; fix lora_target_modules "
+                           f"in configs/models/{run.model.alias}.yaml")
+        model = get_peft_model(model, lora_config(run))
+    return model
+
+
+def count_params(model) -> tuple[int, int]:
+    """(trainable, total); 4-bit packed weights are counted by their logical shape."""
+    trainable = total = 0
+    for p in model.parameters():
+        qs = getattr(p, "quant_state", None)
+        n = math.prod(qs.shape) if qs is not None else p.numel()
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total

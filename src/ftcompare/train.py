@@ -1,0 +1,234 @@
+"""One training entry point for every method: `train(run, max_steps=...) -> TrainResult` (validation loss).
+
+setup (data, model + method) -> transformers Trainer (loop, optimizer, schedule, checkpoints, resume,
+accelerate/DDP) -> save -> summary. Outputs, at fixed paths under models/<experiment>/<model>/<method>/:
+  config.json          resolved config + its hash (written first: a checkpoint from another config is discarded)
+  checkpoints/         Trainer checkpoints every train.save_steps (the last train.save_total_limit kept)
+  train_log.jsonl      one line per logged step: loss, lr, grad_norm, tokens/s, peak memory
+  final/               the trained weights: full model, or the LoRA adapter (+ tokenizer)
+  train_summary.json   written last: wall time, tokens, tokens/s, peak memory, params, validation loss
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import data as data_mod
+from . import paths
+from .config import RunConfig
+from .io import atomic_dir, atomic_write_json, read_json
+from .manifest import manifest, now
+
+
+@dataclass
+class TrainResult:
+    val_loss: float
+    summary: dict
+    output_dir: Path
+
+
+def peak_memory_mb() -> float:
+    """Peak memory so far: max allocated on the GPU, else the process's peak RSS."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _step_logger(log_path: Path, session: dict):
+    from transformers import TrainerCallback
+
+    class StepLogger(TrainerCallback):
+        """Per logged step to JSONL: loss, lr, grad_norm, tokens seen, tokens/s, peak memory."""
+
+        def __init__(self):
+            self.last_time = None
+            self.last_tokens = 0
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.last_time = time.time()
+            self.last_tokens = state.num_input_tokens_seen
+            session.update(t0=self.last_time, tokens0=state.num_input_tokens_seen)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or logs is None or "loss" not in logs:
+                return
+            t = time.time()
+            tokens = state.num_input_tokens_seen
+            rec = {
+                "step": state.global_step,
+                "loss": logs["loss"],
+                "lr": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+                "tokens_seen": tokens,
+                "tokens_per_second": round((tokens - self.last_tokens) / max(t - self.last_time, 1e-9), 2),
+                "peak_memory_mb": round(peak_memory_mb(), 1),
+                "elapsed_s": round(t - session["t0"], 2),
+            }
+            self.last_time, self.last_tokens = t, tokens
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    return StepLogger()
+
+
+def _training_args(run: RunConfig, out: Path, max_steps: int):
+    import torch
+    from transformers import TrainingArguments
+
+    t = run.train
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        max_steps=max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=run.method.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=t.bf16,
+        gradient_checkpointing=t.gradient_checkpointing and run.method.quantization is None,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=t.dataloader_num_workers,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        report_to=[],
+        eval_strategy="no",
+        save_only_model=False,
+        disable_tqdm=False,
+    )
+
+
+def _last_checkpoint(out: Path, config_hash: str) -> str | None:
+    """A checkpoint to resume from, if one exists for *this* config; stale ones are removed."""
+    ckpt_dir = out / "checkpoints"
+    cfg_file = out / "config.json"
+    if not ckpt_dir.is_dir():
+        return None
+    if not cfg_file.is_file() or read_json(cfg_file).get("config_hash") != config_hash:
+        shutil.rmtree(ckpt_dir)  # produced by another config: resuming it would mix two runs
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(ckpt_dir))
+
+
+def is_done(run: RunConfig, out: Path | None = None) -> bool:
+    out = out or paths.run_dir(run.experiment, run.model.alias, run.method.name)
+    summary = out / "train_summary.json"
+    return summary.is_file() and read_json(summary).get("config_hash") == run.hash()
+
+
+def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None = None) -> TrainResult:
+    """Train one (model, method) run for `max_steps` (default: the config's step budget).
+    Returns the validation loss (the number a hyperparameter search ranks by)."""
+    import torch
+    from transformers import Trainer
+
+    if max_steps is not None:
+        run.train.max_steps = max_steps
+    out = Path(output_dir or paths.run_dir(run.experiment, run.model.alias, run.method.name))
+    out.mkdir(parents=True, exist_ok=True)
+    config_hash = run.hash()
+    if run.train.num_threads:
+        torch.set_num_threads(run.train.num_threads)
+
+    resume = _last_checkpoint(out, config_hash)
+    log_path = out / "train_log.jsonl"
+    if resume is None:
+        log_path.unlink(missing_ok=True)
+    (out / "train_summary.json").unlink(missing_ok=True)
+    started = now()
+    atomic_write_json(out / "config.json", {"config_hash": config_hash, "config": run.to_dict()})
+
+    from .modeling import build_for_training, count_params, load_tokenizer
+
+    tokenizer = load_tokenizer(run.model)
+    train_ex = data_mod.load_split(run.data, "train")
+    val_ex = data_mod.load_split(run.data, "val")
+    train_ds = data_mod.tokenize_completion(train_ex, tokenizer, run.train.max_length, f"data '{run.data.name}' train")
+    val_ds = data_mod.tokenize_completion(val_ex, tokenizer, run.train.max_length, f"data '{run.data.name}' val")
+
+    model = build_for_training(run)
+    trainable, total = count_params(model)
+    print(f"[train] {run.experiment}/{run.model.alias}/{run.method.name}: {trainable:,} trainable of {total:,} params "
+          f"({100 * trainable / total:.2f}%), {len(train_ds)} train / {len(val_ds)} val examples, "
+          f"{run.train.max_steps} steps" + (f", resuming from {Path(resume).name}" if resume else ""), flush=True)
+
+    session = {"t0": time.time(), "tokens0": 0}
+    trainer = Trainer(
+        model=model,
+        args=_training_args(run, out, run.train.max_steps),
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=data_mod.PadCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[_step_logger(log_path, session)],
+    )
+    result = trainer.train(resume_from_checkpoint=resume)
+    wall = time.time() - session["t0"]
+    val_loss = float(trainer.evaluate()["eval_loss"])
+
+    with atomic_dir(out / "final") as tmp:
+        trainer.save_model(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        if run.method.uses_adapter:  # peft stores the base path verbatim: make it absolute (TOOLCHAIN.md)
+            cfg_path = Path(tmp) / "adapter_config.json"
+            cfg = json.loads(cfg_path.read_text())
+            from .assets import base_model_path
+
+            cfg["base_model_name_or_path"] = base_model_path(run.model)
+            cfg_path.write_text(json.dumps(cfg, indent=2))
+
+    steps = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+    tokens = trainer.state.num_input_tokens_seen
+    summary = {
+        "experiment": run.experiment,
+        "model": run.model.alias,
+        "method": run.method.name,
+        "config_hash": config_hash,
+        "max_steps": run.train.max_steps,
+        "global_step": trainer.state.global_step,
+        "examples_seen": trainer.state.global_step * run.train.per_device_train_batch_size
+        * run.train.gradient_accumulation_steps * trainer.args.world_size,
+        "tokens_seen": tokens,
+        "wall_time_s": round(wall, 2),  # this session's training loop (a resumed run counts its last session)
+        "tokens_per_second": round((tokens - session["tokens0"]) / wall, 2),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "peak_memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "cpu_max_rss",
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": round(100 * trainable / total, 4),
+        "train_loss_first": steps[0]["loss"] if steps else None,
+        "train_loss_last": steps[-1]["loss"] if steps else None,
+        "train_loss_mean": result.training_loss,
+        "val_loss": val_loss,
+        "n_train_examples": len(train_ds),
+        "n_val_examples": len(val_ds),
+        "data_fingerprint_train": data_mod.fingerprint(train_ex),
+        "data_fingerprint_val": data_mod.fingerprint(val_ex),
+        "resumed_from": Path(resume).name if resume else None,
+        "started": started,
+        "finished": now(),
+        "manifest": manifest(seed=run.train.seed),
+    }
+    atomic_write_json(out / "train_summary.json", summary)  # last: its presence means the run is done
+    print(f"[train] done in {wall:.0f} s, {tokens} tokens, val_loss {val_loss:.4f} -> "
+          f"{(out / 'train_summary.json').relative_to(paths.ROOT) if out.is_relative_to(paths.ROOT) else out}", flush=True)
+    return TrainResult(val_loss=val_loss, summary=summary, output_dir=out)
