@@ -25,6 +25,7 @@ def run_dir(experiment: str, model_alias: str, method: str) -> Path:
     return MODELS / experiment / model_alias / method
 
 
-def eval_dir(experiment: str, model_alias: str, method: str, variant: str) -> Path:
-    """Fixed folder of one evaluation: method is 'base' for the untuned model; variant merged|adapter."""
-    return EVAL_RESULTS / experiment / model_alias / f"{method}-{variant}"
+def eval_dir(experiment: str, model_alias: str, method: str, variant: str = "merged") -> Path:
+    """Fixed folder of one evaluation: <method>-<merged|adapter>, or 'base' for the untuned model."""
+    name = "base" if method == "base" else f"{method}-{variant}"
+    return EVAL_RESULTS / experiment / model_alias / name
