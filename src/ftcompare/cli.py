@@ -3,6 +3,7 @@
   prepare-base --model 135m                                   convert a packaged GGUF once
   train   --experiment default --model 135m --method lora [section.key=value ...]
   merge   --experiment default --model 135m --method lora [section.key=value ...]
+  resolve --experiment default --model 135m --method lora    (write-if-changed config stamps for make)
   list    models|methods|tasks|variants --experiment default  (for the Makefile)
 
 Errors the user can fix print one line `error: ...` and exit 2.
@@ -48,7 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-train even if train_summary.json matches the config")
 
     p = sub.add_parser("merge", help="merge a trained run into a plain checkpoint (<run>/merged/)")
-    _run_args(p)
+    p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"))
+    p.add_argument("--model", required=True)
+    p.add_argument("--method", required=True)
+
+    p = sub.add_parser("resolve", help="write a run's resolved config (or the experiment's evaluation settings) "
+                       "only if it changed: what make uses to invalidate exactly what a config change affects")
+    p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"))
+    p.add_argument("--model")
+    p.add_argument("--method")
+    p.add_argument("--eval", action="store_true", help="evaluation settings -> evaluation_results/<exp>/eval_settings.json")
+    p.add_argument("overrides", nargs="*")
 
     p = sub.add_parser("list", help="print names for the Makefile")
     p.add_argument("what", choices=["models", "methods", "tasks", "variants", "all-models", "all-methods"])
@@ -81,8 +92,8 @@ def cmd_train(args) -> int:
     from .train import is_done, train
 
     if is_done(run) and not args.force:
-        print(f"[train] {run.experiment}/{run.model.alias}/{run.method.name} is up to date (config {run.hash()})")
-        os.utime(paths.run_dir(run.experiment, run.model.alias, run.method.name) / "train_summary.json")
+        print(f"[train] {run.experiment}/{run.model.alias}/{run.method.name} is up to date (config {run.hash()}); "
+              "--force re-trains")
         return 0
     train(run)
     return 0
@@ -91,7 +102,31 @@ def cmd_train(args) -> int:
 def cmd_merge(args) -> int:
     from .merge import merge
 
-    merge(_resolve(args))
+    _experiment(args.experiment)
+    config.load("models", args.model), config.load("methods", args.method)  # unknown names: one clear line
+    merge(config.load_run(args.experiment, args.model, args.method))
+    return 0
+
+
+def cmd_resolve(args) -> int:
+    import dataclasses
+    import json
+
+    from .io import write_if_changed
+
+    if args.eval:
+        exp = config.load("experiments", args.experiment)
+        settings = dataclasses.asdict(exp.evaluation)
+        out = paths.EVAL_RESULTS / exp.name / "eval_settings.json"
+        text = json.dumps({"config_hash": config.config_hash(settings), "evaluation": settings}, indent=2) + "\n"
+    else:
+        if not (args.model and args.method):
+            raise FtcError("resolve needs --model and --method (or --eval)")
+        run = _resolve(args)
+        out = paths.run_dir(run.experiment, run.model.alias, run.method.name) / "resolved.json"
+        text = json.dumps({"config_hash": run.hash(), "config": run.to_dict()}, indent=2) + "\n"
+    if write_if_changed(out, text):
+        print(f"[resolve] {out.relative_to(paths.ROOT)} changed")
     return 0
 
 
@@ -108,7 +143,8 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"prepare-base": cmd_prepare_base, "train": cmd_train, "merge": cmd_merge, "list": cmd_list}
+COMMANDS = {"prepare-base": cmd_prepare_base, "train": cmd_train, "merge": cmd_merge, "resolve": cmd_resolve,
+            "list": cmd_list}
 
 
 def register(name: str, parser_fn, command_fn) -> None:
@@ -125,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         from . import evaluate as _evaluate  # noqa: F401  (registers `evaluate` when present)
     except ImportError:
         pass
+    from . import analyze as _analyze  # noqa: F401  (registers `analyze`; imports no ML library)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, parser_fn, command_fn in EXTRA:
         parser_fn(sub.add_parser(name, help=(command_fn.__doc__ or "").strip().splitlines()[0] if command_fn.__doc__ else None))

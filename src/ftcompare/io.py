@@ -52,6 +52,15 @@ def atomic_dir(final: Path):
         raise
 
 
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write only when the content differs, so make sees a new mtime only for a real change."""
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return False
+    atomic_write_text(path, text)
+    return True
+
+
 def read_json(path: Path):
     with open(path) as f:
         return json.load(f)

@@ -81,12 +81,28 @@ def load_base(model: ModelConfig, method: MethodConfig | None = None, path: str 
         kwargs["device_map"] = device_map_for(method)
         kwargs["dtype"] = torch_dtype(method.quantization.compute_dtype)
     try:
-        return AutoModelForCausalLM.from_pretrained(src, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     except OSError as e:
         if "offline" in str(e).lower() or "connect" in str(e).lower() or os.environ.get("HF_HUB_OFFLINE") == "1":
             raise FtcError(f"cannot load '{src}' offline: hub models need network (unset HF_HUB_OFFLINE) "
                            "or use the embedded default (--model 135m)") from e
         raise
+    return exact_4bit_on_cpu(model)
+
+
+def exact_4bit_on_cpu(model):
+    """On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for a bf16 kernel the first time a
+    Linear4bit runs in eval mode: activations are rounded to bf16 (~3e-3 logit error on a test model).
+    Training mode never does that. Turn it off so that validation loss, adapter evaluation and the
+    merged model all compute the function that was trained (fp32 dequantize + matmul)."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return model
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def lora_config(run: RunConfig):

@@ -1,0 +1,447 @@
+"""`python -m ftcompare evaluate`: one variant of one model on the experiment's lm-eval tasks, in process.
+
+  evaluate --model 135m --method base                       the untuned model
+  evaluate --model 135m --method qlora --variant merged     <run>/merged/ (a plain checkpoint)
+  evaluate --model 135m --method qlora --variant adapter    the un-merged adapter <run>/final/ on its base
+                                                            (QLoRA: the base quantized to NF4 as in training)
+  optional: --tasks a,b  --limit N (every task; overrides the config)  --batch-size N  --force
+
+What is evaluated comes from the experiment config (evaluation: tasks, num_fewshot, limit per task,
+batch size, seed, bootstrap iterations; the task YAMLs under lm-evaluation-harness/tasks/ via include_path).
+The model is loaded once and wrapped in lm-eval's HFLM; each task is one `lm_eval.simple_evaluate` call on
+that instance (so each task gets its own n-shot and limit, and its own wall time).
+
+Outputs, at fixed paths (paths.eval_dir):
+  evaluation_results/<experiment>/<model>/<method>-<merged|adapter>/    or .../<model>/base/
+    samples_<task>.jsonl  lm-eval's per-sample records, as lm-eval writes them (doc_id, doc, target,
+                          arguments, resps, filtered_resps, filter, acc / acc_norm / exact_match, hashes)
+    results.json          simple_evaluate's dict minus `samples`, plus an "ftcompare" block (what was loaded,
+                          settings, n and seconds per task, manifest). Written LAST and atomically: it
+                          exists only for a finished evaluation. A re-run with the same settings does
+                          nothing (--force re-runs).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import cli, config, paths
+from .errors import FtcError
+from .io import atomic_write_json, atomic_write_text, read_json
+from .manifest import manifest, now
+
+VARIANTS = ("merged", "adapter")
+
+
+@dataclass
+class EvalPlan:
+    """Everything one evaluation depends on, resolved from configs and run folders (no ML imports)."""
+    experiment: str
+    model: str
+    method: str                      # base | a configured method
+    variant: str | None              # merged | adapter; None for the untuned model
+    tasks: list[str]
+    num_fewshot: dict[str, int | None]  # None: the task's own default (0 unless its YAML sets one)
+    limit: dict[str, int | None]        # None: every document
+    batch_size: int
+    max_batch_size: int | None
+    bootstrap_iters: int
+    seed: int
+    include_path: str | None         # absolute, or None (upstream tasks only)
+    include_defaults: bool
+    offline: bool
+    model_cfg: config.ModelConfig
+    run: config.RunConfig | None     # the run's own config (its config.json); None for the untuned model
+    model_path: str                  # what the weights are loaded from
+    adapter_path: str | None         # the peft adapter applied on top (variant adapter)
+    quantized_base: bool             # adapter on a base quantized at load time (QLoRA)
+    dtype: str
+    run_config_hash: str | None
+    train_config_hash: str | None
+    model_fingerprint: dict = field(default_factory=dict)
+
+    @property
+    def out_dir(self) -> Path:
+        return paths.eval_dir(self.experiment, self.model, self.method, self.variant or "merged")
+
+    def settings(self) -> dict:
+        """What determines the results: equal settings = nothing to re-run."""
+        return {
+            "experiment": self.experiment, "model": self.model, "method": self.method, "variant": self.variant,
+            "tasks": self.tasks, "num_fewshot": self.num_fewshot, "limit": self.limit,
+            "batch_size": self.batch_size, "max_batch_size": self.max_batch_size,
+            "bootstrap_iters": self.bootstrap_iters, "seed": self.seed, "dtype": self.dtype,
+            "include_defaults": self.include_defaults, "task_files_sha256": task_files_hash(self.include_path),
+            "lm_eval_version": _version("lm_eval"), "model_fingerprint": self.model_fingerprint,
+        }
+
+    def settings_hash(self) -> str:
+        return config.config_hash(self.settings())
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def task_files_hash(include_path: str | None) -> str | None:
+    """sha256 over our task YAMLs and utils.py files, and ftcompare/data.py (the HellaSwag carving the
+    tasks import): editing either invalidates results."""
+    if not include_path:
+        return None
+    root = Path(include_path)
+    files = sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml", ".py") and "__pycache__" not in p.parts)
+    h = hashlib.sha256()
+    for f in [*files, Path(__file__).with_name("data.py")]:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\1")
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# Plan: configs + run folders -> what to load and run (fast; errors the user can fix are FtcError)
+# --------------------------------------------------------------------------------------------------
+def _rel(p) -> str:
+    p = Path(p)
+    return str(p.relative_to(paths.ROOT)) if p.is_relative_to(paths.ROOT) else str(p)
+
+
+def _base_fingerprint(model_cfg: config.ModelConfig, base_path: str) -> dict:
+    manifest_file = Path(base_path) / "manifest.json"
+    if manifest_file.is_file():  # a prepared packaged model: the sha256 of the file it was converted from
+        return {"base": base_path, "base_sha256": read_json(manifest_file).get("file_sha256")}
+    cfg = Path(base_path) / "config.json"
+    if cfg.is_file():
+        return {"base": base_path, "base_config_mtime_ns": cfg.stat().st_mtime_ns}
+    return {"base": base_path, "revision": model_cfg.revision}
+
+
+def build_plan(experiment: str, model: str, method: str, variant: str = "merged", tasks: list[str] | None = None,
+               limit: int | None = None, batch_size: int | None = None) -> EvalPlan:
+    from .assets import base_model_path
+
+    exp = config.load("experiments", experiment)
+    ev = exp.evaluation
+    if variant not in VARIANTS:
+        raise FtcError(f"variant '{variant}' is not valid; expected one of: {', '.join(VARIANTS)}")
+    model_cfg = config.load("models", model)  # unknown alias: one line listing the valid ones
+    methods = config.available("methods")
+    if method != "base" and method not in methods:
+        raise FtcError(f"unknown method '{method}'; valid: base (the untuned model), {', '.join(methods)} "
+                       "(configs/methods/)")
+    if method != "base" and variant == "adapter" and not config.load("methods", method).uses_adapter:
+        raise FtcError(f"method '{method}' trains every weight: it has no adapter to evaluate; "
+                       f"use the variant `merged` (its final weights)")
+    if limit is not None and limit <= 0:
+        raise FtcError(f"--limit must be a positive number of documents per task (got {limit})")
+    if batch_size is not None and batch_size <= 0:
+        raise FtcError(f"--batch-size must be > 0 (got {batch_size})")
+
+    tasks = list(tasks or ev.tasks)
+    if not tasks:
+        raise FtcError(f"experiment '{experiment}' has no evaluation.tasks; list them in configs/experiments/{experiment}.yaml")
+    if len(set(tasks)) != len(tasks):
+        raise FtcError(f"tasks {tasks} name a task twice")
+    include_path = None
+    if ev.include_path:
+        p = Path(ev.include_path)
+        include_path = str(p if p.is_absolute() else paths.ROOT / p)
+        if not Path(include_path).is_dir():
+            raise FtcError(f"evaluation.include_path {include_path} is not a folder; fix configs/experiments/{experiment}.yaml")
+
+    run = None
+    adapter_path = None
+    quantized = False
+    run_hash = train_hash = None
+    if method == "base":
+        variant = None  # the untuned model has no merged/adapter variants: one result at <model>/base/
+        model_path = base_model_path(model_cfg)
+        dtype = model_cfg.dtype
+        fingerprint = _base_fingerprint(model_cfg, model_path)
+    else:
+        run = config.load_run(experiment, model, method)
+        run_dir = paths.run_dir(experiment, model, method)
+        summary = run_dir / "train_summary.json"
+        if not summary.is_file():
+            raise FtcError(f"{model}/{method} is not trained yet ({_rel(summary)} missing); run "
+                           f"`bash scripts/train.sh {model} {method}` (EXPERIMENT={experiment}) or `make train`")
+        run_hash = run.hash()
+        train_hash = read_json(summary).get("config_hash")
+        if train_hash != run_hash:
+            raise FtcError(f"{_rel(summary)} ({train_hash}) does not match {_rel(run_dir / 'config.json')} ({run_hash}): "
+                           f"the run was interrupted or changed; re-train (`bash scripts/train.sh {model} {method}`)")
+        dtype = run.model.dtype
+        if variant == "merged":
+            merged = run_dir / "merged"
+            mm = merged / "merge_manifest.json"
+            if not mm.is_file():
+                raise FtcError(f"{_rel(merged)} is not there yet; run `bash scripts/merge.sh {model} {method}` "
+                               f"(EXPERIMENT={experiment}) or `make merge`")
+            merge_info = read_json(mm)
+            if merge_info.get("config_hash") != run_hash:
+                raise FtcError(f"{_rel(merged)} was merged from another training config "
+                               f"({merge_info.get('config_hash')} != {run_hash}); re-run `bash scripts/merge.sh {model} {method}`")
+            model_path = str(merged)
+            fingerprint = {"merged": _rel(merged), "config_hash": run_hash, "merged_at": merge_info.get("finished")}
+        else:
+            if not run.method.uses_adapter:
+                raise FtcError(f"{_rel(run_dir)} was trained without an adapter: no adapter to evaluate; "
+                               f"use the variant `merged`")
+            final = run_dir / "final"
+            if not (final / "adapter_config.json").is_file():
+                raise FtcError(f"{_rel(final)}/adapter_config.json missing: no trained adapter; re-train "
+                               f"(`bash scripts/train.sh {model} {method}`)")
+            model_path = base_model_path(run.model)
+            adapter_path = str(final)
+            quantized = run.method.quantization is not None
+            fingerprint = {"adapter": _rel(final), "config_hash": run_hash,
+                           "trained_at": read_json(summary).get("finished"), **_base_fingerprint(run.model, model_path)}
+
+    return EvalPlan(
+        experiment=exp.name, model=model, method=method, variant=variant, tasks=tasks,
+        num_fewshot={t: ev.num_fewshot.get(t) for t in tasks},
+        limit={t: limit if limit is not None else ev.limit.get(t) for t in tasks},
+        batch_size=batch_size or ev.batch_size, max_batch_size=ev.max_batch_size,
+        bootstrap_iters=ev.bootstrap_iters, seed=ev.seed, include_path=include_path,
+        include_defaults=ev.include_defaults, offline=exp.offline, model_cfg=run.model if run else model_cfg,
+        run=run, model_path=model_path, adapter_path=adapter_path, quantized_base=quantized, dtype=dtype,
+        run_config_hash=run_hash, train_config_hash=train_hash, model_fingerprint=fingerprint,
+    )
+
+
+def is_up_to_date(plan: EvalPlan) -> bool:
+    results = plan.out_dir / "results.json"
+    if not results.is_file():
+        return False
+    try:
+        return read_json(results).get("ftcompare", {}).get("settings_hash") == plan.settings_hash()
+    except (OSError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# Model: loaded once per variant, handed to lm-eval as an instance
+# --------------------------------------------------------------------------------------------------
+def load_model(plan: EvalPlan):
+    """-> (model, tokenizer, description of what was loaded)."""
+    import torch
+
+    from .modeling import load_base, load_tokenizer
+
+    cfg = plan.model_cfg
+    if plan.method == "base":
+        model = load_base(cfg)
+        tokenizer = load_tokenizer(cfg)
+        how = f"untuned base model {plan.model_path} ({cfg.dtype})"
+    elif plan.adapter_path is None:
+        model = load_base(cfg, path=plan.model_path)
+        tokenizer = load_tokenizer(cfg, plan.model_path)
+        how = f"merged checkpoint {_rel(plan.model_path)} ({cfg.dtype})"
+    else:
+        from peft import PeftModel
+
+        # QLoRA: load_base quantizes exactly as training did (same BitsAndBytesConfig from the method config)
+        base = load_base(cfg, plan.run.method)
+        model = PeftModel.from_pretrained(base, plan.adapter_path, is_trainable=False)
+        tokenizer = load_tokenizer(cfg, plan.adapter_path)
+        q = plan.run.method.quantization
+        on = (f"base {plan.model_path} quantized at load to {q.quant_type.upper()} as in training (bitsandbytes, "
+              f"double_quant={q.double_quant}, compute {q.compute_dtype})") if q else f"base {plan.model_path} ({cfg.dtype})"
+        how = f"peft adapter {_rel(plan.adapter_path)} (not merged) on {on}"
+        if q and any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules()) and not torch.cuda.is_available():
+            # bitsandbytes' Linear4bit switches to a packed bf16 kernel for CPU inference (eval mode, no grad);
+            # training ran fp32 dequantized matmuls, which is what the merged checkpoint reproduces
+            how += ("; NOTE: on this CPU bitsandbytes runs 4-bit inference matmuls in bf16 (AVX512-BF16 kernel), "
+                    "so scores carry bf16 rounding that training (fp32 dequantized matmuls) and `merged` do not")
+    if plan.run is None or plan.run.method.quantization is None or plan.adapter_path is None:
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+    model.eval()
+    return model, tokenizer, how
+
+
+# --------------------------------------------------------------------------------------------------
+# Running and writing
+# --------------------------------------------------------------------------------------------------
+def _json_safe(obj):
+    """lm-eval's own serialization (numpy -> python, functions -> str), and NaN/inf -> null (strict JSON)."""
+    from lm_eval.utils import handle_non_serializable
+
+    def fix(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {str(k): fix(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [fix(v) for v in o]
+        return o
+
+    return fix(json.loads(json.dumps(obj, default=handle_non_serializable, ensure_ascii=False)))
+
+
+def sample_lines(samples: list[dict]) -> str:
+    """Per-sample records exactly as lm-eval's EvaluationTracker.save_results_samples writes them."""
+    from lm_eval.utils import handle_non_serializable, sanitize_list
+
+    lines = []
+    for s in samples:
+        s = dict(s)
+        s["arguments"] = {f"gen_args_{i}": {f"arg_{j}": a for j, a in enumerate(arg)}
+                          for i, arg in enumerate(s["arguments"])}
+        s["resps"] = sanitize_list(s["resps"])
+        s["filtered_resps"] = sanitize_list(s["filtered_resps"])
+        s["target"] = str(s["target"])
+        lines.append(json.dumps(s, default=handle_non_serializable, ensure_ascii=False))
+    return "\n".join(lines) + "\n"
+
+
+def _run_task(lm, task: str, plan: EvalPlan, task_manager) -> dict:
+    """One task through lm-eval's own entry point, on the already-loaded model."""
+    import lm_eval
+
+    return lm_eval.simple_evaluate(
+        model=lm, tasks=[task], num_fewshot=plan.num_fewshot[task], limit=plan.limit[task],
+        batch_size=plan.batch_size, max_batch_size=plan.max_batch_size, bootstrap_iters=plan.bootstrap_iters,
+        log_samples=True, task_manager=task_manager, random_seed=plan.seed, numpy_random_seed=plan.seed,
+        torch_random_seed=plan.seed, fewshot_random_seed=plan.seed)
+
+
+def combine(per_task: dict[str, dict]) -> tuple[dict, dict[str, list]]:
+    """Per-task simple_evaluate outputs -> one results dict (as one multi-task call returns) + samples."""
+    combined: dict = {}
+    samples: dict[str, list] = {}
+    for task, res in per_task.items():
+        for key, value in res.items():
+            if key == "samples":
+                samples.update(value)
+            elif key == "config":
+                combined.setdefault("config", dict(value))
+                combined["config"].setdefault("limits", {})[task] = value.get("limit")
+            elif isinstance(value, dict):
+                combined.setdefault(key, {}).update(value)
+            else:
+                combined.setdefault(key, value)
+    if "config" in combined:
+        combined["config"]["limit"] = combined["config"].pop("limits")
+    return combined, samples
+
+
+def run(plan: EvalPlan) -> dict:
+    """Evaluate `plan` and write samples_<task>.jsonl, then results.json. Returns the results dict."""
+    started, t0 = now(), time.time()
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import hash_string, make_table
+
+    tm = TaskManager(include_path=plan.include_path, include_defaults=plan.include_defaults)
+    unknown = [t for t in plan.tasks if t not in tm.all_tasks]
+    if unknown:
+        where = _rel(plan.include_path) if plan.include_path else "lm-eval's built-in tasks"
+        valid = f"; valid: {', '.join(tm.all_subtasks)}" if len(tm.all_subtasks) <= 50 else ""
+        raise FtcError(f"unknown task(s) {', '.join(unknown)} in {where}{valid}")
+
+    out = plan.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").unlink(missing_ok=True)  # from here on, an old result no longer describes the files
+    model, tokenizer, how = load_model(plan)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=plan.batch_size,
+              **({"max_batch_size": plan.max_batch_size} if plan.max_batch_size else {}))
+    load_s = time.time() - t0
+
+    per_task, seconds = {}, {}
+    for task in plan.tasks:
+        t = time.time()
+        print(f"[evaluate] {_label(plan)}: {task} (n-shot {plan.num_fewshot[task]}, limit {plan.limit[task]})", flush=True)
+        per_task[task] = _run_task(lm, task, plan, tm)
+        seconds[task] = round(time.time() - t, 2)
+    results, samples = combine(per_task)
+    results["task_hashes"] = {t: hash_string("".join(s["doc_hash"] + s["prompt_hash"] + s["target_hash"] for s in ss))
+                              for t, ss in samples.items()}
+
+    n = {t: results["n-samples"][t]["effective"] for t in plan.tasks}
+    results["ftcompare"] = {
+        "experiment": plan.experiment, "model": plan.model, "method": plan.method, "variant": plan.variant,
+        "model_path": _rel(plan.model_path), "adapter_path": _rel(plan.adapter_path) if plan.adapter_path else None,
+        "loaded": how, "tasks": plan.tasks, "num_fewshot": {t: results["n-shot"].get(t) for t in plan.tasks},
+        "limit": plan.limit, "n": n, "n_available": {t: results["n-samples"][t]["original"] for t in plan.tasks},
+        "batch_size": plan.batch_size, "max_batch_size": plan.max_batch_size, "dtype": plan.dtype, "seed": plan.seed,
+        "bootstrap_iters": plan.bootstrap_iters, "lm_eval_version": _version("lm_eval"),
+        "include_path": _rel(plan.include_path) if plan.include_path else None, "include_defaults": plan.include_defaults,
+        "run_config_hash": plan.run_config_hash, "train_config_hash": plan.train_config_hash,
+        "settings_hash": plan.settings_hash(), "settings": plan.settings(),
+        "wall_time_s": round(time.time() - t0, 2), "model_load_s": round(load_s, 2), "seconds_per_task": seconds,
+        "started": started, "finished": now(), "manifest": manifest(),
+    }
+    results = _json_safe(results)
+
+    for task in plan.tasks:
+        atomic_write_text(out / f"samples_{task}.jsonl", sample_lines(samples.get(task, [])))
+    for stale in out.glob("samples_*.jsonl"):
+        if stale.name[len("samples_"):-len(".jsonl")] not in plan.tasks:
+            stale.unlink()
+    atomic_write_json(out / "results.json", results)  # last: its presence means the evaluation finished
+
+    print(make_table(results))
+    for t in plan.tasks:
+        print(f"[evaluate] {t}: n={n[t]}, {seconds[t]:.1f} s")
+    print(f"[evaluate] {_label(plan)} done in {time.time() - t0:.0f} s -> {_rel(out / 'results.json')}", flush=True)
+    return results
+
+
+def _label(plan: EvalPlan) -> str:
+    return f"{plan.experiment}/{plan.model}/" + ("base" if plan.method == "base" else f"{plan.method}-{plan.variant}")
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"),
+                   help="configs/experiments/<name>.yaml (default: $EXPERIMENT or 'default')")
+    p.add_argument("--model", required=True, help="model alias: configs/models/<alias>.yaml")
+    p.add_argument("--method", required=True, help="base (the untuned model) or a method: configs/methods/<name>.yaml")
+    p.add_argument("--variant", default="merged", help="merged (<run>/merged/) or adapter (<run>/final/ on its base)")
+    p.add_argument("--tasks", help="comma-separated task names (default: the experiment's evaluation.tasks)")
+    p.add_argument("--limit", type=int, help="first N documents of every task (overrides evaluation.limit)")
+    p.add_argument("--batch-size", type=int, help="overrides evaluation.batch_size")
+    p.add_argument("--force", action="store_true", help="re-evaluate even if results.json matches the settings")
+
+
+def cmd_evaluate(args) -> int:
+    """evaluate one model variant with lm-eval (fixed paths under evaluation_results/)"""
+    exp = config.load("experiments", args.experiment)
+    cli.setup_environment(exp.offline)  # before transformers / lm_eval are imported
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    plan = build_plan(args.experiment, args.model, args.method, args.variant, tasks, args.limit, args.batch_size)
+    results = plan.out_dir / "results.json"
+    if not args.force and is_up_to_date(plan):
+        os.utime(results)  # make: the target is up to date
+        print(f"[evaluate] {_label(plan)} is up to date ({_rel(results)}, settings {plan.settings_hash()}); "
+              "--force re-runs")
+        return 0
+
+    def _terminate(signum, frame):  # `kill`/make's SIGTERM: unwind, so temp files are removed
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        run(plan)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+cli.register("evaluate", add_arguments, cmd_evaluate)

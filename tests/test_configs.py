@@ -1,0 +1,96 @@
+"""Every config parses; bad keys/types fail with a useful line; methods of an experiment differ only in the method."""
+import itertools
+
+import pytest
+import yaml
+
+from ftcompare import config
+from ftcompare.errors import ConfigError
+from conftest import ROOT
+
+
+@pytest.mark.parametrize("kind", sorted(config.KINDS))
+def test_every_config_parses(kind):
+    names = config.available(kind)
+    assert names, f"no configs in configs/{kind}/"
+    for name in names:
+        cfg = config.load(kind, name)
+        assert cfg is not None
+
+
+def test_every_experiment_resolves_every_run():
+    for exp_name in config.available("experiments"):
+        exp = config.load("experiments", exp_name)
+        for model, method in itertools.product(exp.models, exp.methods):
+            run = config.resolve_run(exp_name, model, method)
+            assert run.train.max_steps == exp.train.max_steps
+            assert len(run.hash()) == 16
+
+
+def test_accelerate_configs_parse():
+    files = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
+    assert {f.stem for f in files} >= {"ddp", "fsdp", "zero3", "cpu"}
+    for f in files:
+        assert isinstance(yaml.safe_load(f.read_text()), dict)
+
+
+@pytest.mark.parametrize("exp_name", config.available("experiments"))
+def test_methods_differ_only_in_method_keys(exp_name):
+    """Same data, data order, steps, tokens, lr schedule and seed for every method of an experiment."""
+    exp = config.load("experiments", exp_name)
+    for model in exp.models:
+        runs = [config.resolve_run(exp_name, model, m).to_dict() for m in exp.methods]
+        for a, b in itertools.combinations(runs, 2):
+            differing = config.diff_keys(a, b)
+            outside = [k for k in differing if k.split(".")[0] not in config.METHOD_KEYS]
+            assert not outside, f"{exp_name}/{model}: {a['method']['name']} vs {b['method']['name']} differ in {outside}"
+            assert differing, "two methods resolved to identical configs"
+
+
+def test_lora_is_qlora_without_quantization():
+    lora = config.load("methods", "lora")
+    qlora = config.load("methods", "qlora")
+    assert lora.lora == qlora.lora and lora.learning_rate == qlora.learning_rate
+    assert lora.quantization is None and qlora.quantization.load_in_4bit
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match=r"unknown key 'max_stepz' \(did you mean 'max_steps'\?\); valid keys: seed"):
+        config.resolve_run("default", "135m", "lora", {"train.max_stepz": 3})
+
+
+def test_wrong_type_is_rejected():
+    with pytest.raises(ConfigError, match="train.max_steps: expected int, got str"):
+        config.resolve_run("default", "135m", "lora", config.parse_overrides(["train.max_steps=abc"]))
+
+
+def test_unknown_names_list_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown model alias 'nope'; valid: .*135m"):
+        config.resolve_run("default", "nope", "lora")
+    with pytest.raises(ConfigError, match=r"unknown method 'lorra'; valid: full, lora, qlora"):
+        config.resolve_run("default", "135m", "lorra")
+    with pytest.raises(ConfigError, match=r"unknown experiment 'nope'; valid: .*default"):
+        config.resolve_run("nope", "135m", "lora")
+
+
+def test_overrides_are_typed_and_change_the_hash():
+    base = config.resolve_run("default", "135m", "lora")
+    run = config.resolve_run("default", "135m", "lora",
+                             config.parse_overrides(["train.max_steps=3", "method.lora.r=4", "data.n_val=8"]))
+    assert (run.train.max_steps, run.method.lora.r, run.data.n_val) == (3, 4, 8)
+    assert run.hash() != base.hash()
+    assert config.resolve_run("default", "135m", "lora").hash() == base.hash()
+
+
+def test_bad_override_form():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        config.parse_overrides(["max_steps"])
+    with pytest.raises(ConfigError, match="must start with one of"):
+        config.resolve_run("default", "135m", "lora", {"max_steps": 3})
+
+
+def test_validation_in_post_init():
+    with pytest.raises(ConfigError, match="lora.r and lora.alpha must be > 0"):
+        config.resolve_run("default", "135m", "lora", {"method.lora.r": 0})
+    with pytest.raises(ConfigError, match="model.dtype='float8' is not valid"):
+        config.resolve_run("default", "135m", "lora", {"model.dtype": "float8"})

@@ -1,0 +1,157 @@
+"""The report's statistics against hand computations, independent derivations and simulation."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ftcompare import stats
+
+
+# --------------------------------------------------------------------------------------------------
+# McNemar exact
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("b, c, expected", [
+    (1, 7, 2 * (1 + 8) / 2 ** 8),        # 2 * P(X <= 1), X ~ Bin(8, 1/2) = 18/256
+    (7, 1, 2 * (1 + 8) / 2 ** 8),        # two-sided: symmetric in b and c
+    (0, 5, 2 / 2 ** 5),                  # 2 * P(X = 0), X ~ Bin(5, 1/2)
+    (3, 3, 1.0),                         # 2 * P(X <= 3 | 6) = 2 * 42/64 > 1 -> 1
+    (0, 0, 1.0),                         # no discordant pair: no evidence either way
+    (2, 10, 2 * (1 + 12 + 66) / 2 ** 12),
+])
+def test_mcnemar_exact_matches_hand_computation(b, c, expected):
+    assert stats.mcnemar_exact(b, c) == pytest.approx(expected, rel=1e-12)
+
+
+def test_mcnemar_exact_matches_scipy_binomtest():
+    from scipy.stats import binomtest
+
+    for b in range(0, 15):
+        for c in range(0, 15):
+            if b + c:
+                assert stats.mcnemar_exact(b, c) == pytest.approx(binomtest(b, b + c, 0.5).pvalue, rel=1e-9)
+
+
+def test_compare_paired_small_known_case():
+    first = [1, 1, 0, 0, 1, 0, 1, 0, 0, 0]   # e.g. the base model, per item
+    second = [1, 0, 1, 1, 1, 1, 1, 1, 0, 0]  # a fine-tuned model, same items
+    # both right: items 0, 4, 6 (a=3); first only: item 1 (b=1); second only: 2, 3, 5, 7 (c=4); neither: d=2
+    r = stats.compare_paired(first, second)
+    assert (r.n, r.n_first_only, r.n_second_only) == (10, 1, 4)
+    assert r.first == pytest.approx(0.4) and r.second == pytest.approx(0.7)
+    assert r.delta == pytest.approx(0.3)
+    assert r.p_value == pytest.approx(2 * (1 + 5) / 2 ** 5)  # 0.375
+    assert r.test == "McNemar exact" and r.ci_method == "Newcombe paired score"
+    assert r.ci_low < r.delta < r.ci_high
+    swapped = stats.compare_paired(second, first)
+    assert (swapped.delta, swapped.ci_low, swapped.ci_high) == pytest.approx((-r.delta, -r.ci_high, -r.ci_low))
+    assert swapped.p_value == r.p_value
+
+
+def test_compare_paired_needs_aligned_items():
+    with pytest.raises(ValueError):
+        stats.compare_paired([1, 0], [1])
+
+
+# --------------------------------------------------------------------------------------------------
+# Wilson and Newcombe
+# --------------------------------------------------------------------------------------------------
+def _wilson_by_quadratic(k, n, z=stats.Z95):
+    """Independent derivation: the p with (k/n - p)^2 = z^2 p (1 - p) / n."""
+    ph = k / n
+    roots = np.roots([1 + z * z / n, -(2 * ph + z * z / n), ph * ph])
+    return float(min(roots.real)), float(max(roots.real))
+
+
+@pytest.mark.parametrize("k, n", [(45, 100), (1, 20), (19, 20), (90, 200), (7, 40)])
+def test_wilson_matches_the_quadratic(k, n):
+    assert stats.wilson_ci(k, n) == pytest.approx(_wilson_by_quadratic(k, n), abs=1e-9)
+
+
+def test_wilson_edges():
+    z2 = stats.Z95 ** 2
+    assert stats.wilson_ci(0, 20) == pytest.approx((0.0, z2 / (20 + z2)))   # 0.1611
+    assert stats.wilson_ci(20, 20) == pytest.approx((20 / (20 + z2), 1.0))
+    assert stats.wilson_ci(0, 20)[1] == pytest.approx(0.16113, abs=1e-5)
+
+
+def test_newcombe_hand_computation():
+    a, b, c, d = 1, 1, 7, 12   # paired 2x2 (first, second) of n=21
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = _wilson_by_quadratic(a + b, n)
+    l2, u2 = _wilson_by_quadratic(a + c, n)
+    cross = a * d - b * c                      # 12 - 7 = 5 <= n/2 -> phi = 0 (Newcombe's continuity term)
+    assert 0 <= cross <= n / 2
+    lo = (p2 - p1) - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2)
+    hi = (p2 - p1) + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)
+    assert stats.newcombe_paired_ci(a, b, c, d) == pytest.approx((lo, hi), abs=1e-9)
+
+    a, b, c, d = 30, 3, 9, 18  # strongly correlated pairs: phi = (ad - bc - n/2) / sqrt(margins) > 0
+    n = a + b + c + d
+    phi = (a * d - b * c - n / 2) / math.sqrt((a + b) * (c + d) * (a + c) * (b + d))
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = _wilson_by_quadratic(a + b, n)
+    l2, u2 = _wilson_by_quadratic(a + c, n)
+    lo = (p2 - p1) - math.sqrt((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2)
+    hi = (p2 - p1) + math.sqrt((u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2)
+    assert stats.newcombe_paired_ci(a, b, c, d) == pytest.approx((lo, hi), abs=1e-9)
+
+
+def test_newcombe_is_honest_when_nothing_differs():
+    # 20 items, both sides wrong on all: the delta is 0, but a difference up to ~16 points is not excluded
+    lo, hi = stats.newcombe_paired_ci(0, 0, 0, 20)
+    assert lo == pytest.approx(-hi) and hi == pytest.approx(stats.wilson_ci(0, 20)[1])
+
+
+def test_newcombe_coverage_by_simulation():
+    """95% intervals should contain the true paired difference ~95% of the time (small n, correlated pairs)."""
+    rng = np.random.default_rng(0)
+    probs = [0.2, 0.1, 0.2, 0.5]   # P(both), P(first only), P(second only), P(neither)
+    truth = probs[2] - probs[1]    # p2 - p1 = 0.1
+    n, reps, hits = 40, 3000, 0
+    for a, b, c, d in rng.multinomial(n, probs, size=reps):
+        lo, hi = stats.newcombe_paired_ci(int(a), int(b), int(c), int(d))
+        hits += lo <= truth <= hi
+    assert 0.93 <= hits / reps <= 0.98
+
+
+# --------------------------------------------------------------------------------------------------
+# lm-eval's stderr, bootstrap, permutation, Holm
+# --------------------------------------------------------------------------------------------------
+def test_binomial_stderr_is_lm_evals():
+    from lm_eval.api.metrics import mean_stderr
+
+    items = [1.0] * 13 + [0.0] * 27
+    assert stats.lm_eval_binomial_stderr(13 / 40, 40) == pytest.approx(mean_stderr(items), rel=1e-12)
+
+
+def test_paired_bootstrap_is_seeded_and_sane():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=60)
+    y = x + 0.5 + rng.normal(scale=0.1, size=60)
+    ci1 = stats.paired_bootstrap_ci(x, y, iters=2000)
+    assert ci1 == stats.paired_bootstrap_ci(x, y, iters=2000)      # deterministic
+    assert ci1[0] < float(np.mean(y - x)) < ci1[1] and ci1[0] > 0.4 and ci1[1] < 0.6
+    assert stats.paired_bootstrap_ci([0, 0, 0], [1, 1, 1], iters=100) == (1.0, 1.0)
+    r = stats.compare_paired(list(x), list(y))                     # not 0/1: bootstrap + permutation
+    assert r.test == "paired permutation" and r.ci_method == "paired bootstrap" and r.p_value < 0.001
+
+
+def test_paired_permutation_p():
+    assert stats.paired_permutation_p([0.2, 0.5], [0.2, 0.5]) == 1.0
+    assert stats.paired_permutation_p([0.1, 0.3, 0.2], [0.3, 0.1, 0.2], iters=2000) > 0.5
+
+
+def test_holm_hand_computation():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone: 0.02 0.03 0.06 0.06
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert stats.holm([]) == []
+
+
+def test_proportion_ci():
+    lo, hi, how = stats.proportion_ci([1, 0, 0, 1])
+    assert how == "Wilson" and (lo, hi) == pytest.approx(stats.wilson_ci(2, 4))
+    assert stats.proportion_ci([0.5, 0.7, 0.6])[2] == "normal"
