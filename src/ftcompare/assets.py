@@ -8,7 +8,6 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -81,13 +80,14 @@ def prepare_base(model: ModelConfig) -> Path | None:
     """Convert a packaged GGUF to a HF fp32 safetensors checkpoint + tokenizer under models/base/<alias>/.
 
     Done once; the folder appears complete or not at all (built in a temp folder, then renamed).
-    Hub and local models need no preparation (returns None).
+    Hub models are downloaded into the HF cache and only a manifest (with the resolved commit) is
+    written; local models get a manifest pointing at their folder.
     """
-    if model.source != "packaged-gguf":
-        return None
     out = paths.base_dir(model.alias)
     if (out / "manifest.json").is_file():
         return out
+    if model.source != "packaged-gguf":
+        return _record_external_base(model, out)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -144,5 +144,22 @@ def prepare_base(model: ModelConfig) -> Path | None:
     return out
 
 
-def copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)
+def _record_external_base(model: ModelConfig, out: Path) -> Path:
+    """Hub: download once (network needed) and record the exact commit; local: record the folder."""
+    manifest = {"alias": model.alias, "source": model.source, "dtype": model.dtype}
+    if model.source == "hub":
+        import os
+
+        from huggingface_hub import snapshot_download
+
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise FtcError(f"model '{model.alias}' ({model.hub_id}) must be downloaded from the hub, but "
+                           "HF_HUB_OFFLINE=1; run with network, or use the embedded default (--model 135m)")
+        local = snapshot_download(model.hub_id, revision=model.revision,
+                                  allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken"])
+        manifest.update(hub_id=model.hub_id, requested_revision=model.revision, resolved_commit=Path(local).name,
+                        note="weights stay in the HF cache (HF_HOME); loaded by hub id at run time")
+    else:
+        manifest.update(path=base_model_path(model))
+    atomic_write_json(out / "manifest.json", manifest)
+    return out

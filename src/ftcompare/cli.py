@@ -80,7 +80,7 @@ def _resolve(args) -> config.RunConfig:
 
 def cmd_prepare_base(args) -> int:
     model = config.load("models", args.model)
-    setup_environment(offline=model.source != "hub")
+    setup_environment(offline=model.source != "hub" or os.environ.get("HF_HUB_OFFLINE") == "1")
     from .assets import prepare_base
 
     prepare_base(model)

@@ -118,10 +118,10 @@ def _rel(p) -> str:
 def _base_fingerprint(model_cfg: config.ModelConfig, base_path: str) -> dict:
     manifest_file = Path(base_path) / "manifest.json"
     if manifest_file.is_file():  # a prepared packaged model: the sha256 of the file it was converted from
-        return {"base": base_path, "base_sha256": read_json(manifest_file).get("file_sha256")}
+        return {"base": _rel(base_path), "base_sha256": read_json(manifest_file).get("file_sha256")}
     cfg = Path(base_path) / "config.json"
     if cfg.is_file():
-        return {"base": base_path, "base_config_mtime_ns": cfg.stat().st_mtime_ns}
+        return {"base": _rel(base_path), "base_config_mtime_ns": cfg.stat().st_mtime_ns}
     return {"base": base_path, "revision": model_cfg.revision}
 
 

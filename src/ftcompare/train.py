@@ -21,7 +21,7 @@ from pathlib import Path
 from . import data as data_mod
 from . import paths
 from .config import RunConfig
-from .io import atomic_dir, atomic_write_json, read_json
+from .io import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from .manifest import manifest, now
 
 
@@ -75,7 +75,21 @@ def _step_logger(log_path: Path, session: dict):
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
+        def on_step_end(self, args, state, control, **kw):
+            # Fault injection for tests/test_resume.py: a real SIGKILL at a chosen step.
+            if os.environ.get("FTCOMPARE_KILL_AT_STEP") == str(state.global_step):
+                os.kill(os.getpid(), 9)
+
+        def on_save(self, args, state, control, **kw):
+            # Called after Trainer finished writing (and rotating) checkpoints: only now is it complete.
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and ckpt.is_dir():
+                (ckpt / COMPLETE).write_text("ok\n")
+
     return StepLogger()
+
+
+COMPLETE = ".ftcompare-complete"  # marker of a fully written checkpoint (Trainer's own writes are not atomic)
 
 
 def _training_args(run: RunConfig, out: Path, max_steps: int):
@@ -116,17 +130,33 @@ def _training_args(run: RunConfig, out: Path, max_steps: int):
 
 
 def _last_checkpoint(out: Path, config_hash: str) -> str | None:
-    """A checkpoint to resume from, if one exists for *this* config; stale ones are removed."""
+    """The last *complete* checkpoint of *this* config, to resume from. Checkpoints of another config are
+    removed (resuming them would mix two runs), and so are partial ones (killed while being written)."""
     ckpt_dir = out / "checkpoints"
     cfg_file = out / "config.json"
     if not ckpt_dir.is_dir():
         return None
     if not cfg_file.is_file() or read_json(cfg_file).get("config_hash") != config_hash:
-        shutil.rmtree(ckpt_dir)  # produced by another config: resuming it would mix two runs
+        shutil.rmtree(ckpt_dir)
         return None
-    from transformers.trainer_utils import get_last_checkpoint
+    complete = []
+    for d in ckpt_dir.glob("checkpoint-*"):
+        if (d / COMPLETE).is_file():
+            complete.append((int(d.name.split("-")[1]), d))
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+    return str(max(complete)[1]) if complete else None
 
-    return get_last_checkpoint(str(ckpt_dir))
+
+def _trim_log(log_path: Path, resume: str | None) -> None:
+    """A resumed run re-does the steps after its checkpoint: drop their old log lines."""
+    if resume is None:
+        log_path.unlink(missing_ok=True)
+        return
+    if log_path.is_file():
+        step = int(Path(resume).name.split("-")[1])
+        keep = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        atomic_write_text(log_path, "".join(line + "\n" for line in keep))
 
 
 def is_done(run: RunConfig, out: Path | None = None) -> bool:
@@ -151,8 +181,7 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
 
     resume = _last_checkpoint(out, config_hash)
     log_path = out / "train_log.jsonl"
-    if resume is None:
-        log_path.unlink(missing_ok=True)
+    _trim_log(log_path, resume)
     (out / "train_summary.json").unlink(missing_ok=True)
     started = now()
     atomic_write_json(out / "config.json", {"config_hash": config_hash, "config": run.to_dict()})
