@@ -11,6 +11,7 @@ Errors the user can fix print one line `error: ...` and exit 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -172,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     except FtcError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"error: no space left on device while writing {e.filename or 'an output'}; free disk space "
+                  "and re-run (finished outputs are kept, partial ones were removed)", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("error: interrupted; re-run the same command to resume (finished outputs are kept)", file=sys.stderr)
         return 130
