@@ -28,13 +28,16 @@ ftc_list = $(shell [ -x $(PY) ] && $(PY) -m ftcompare list $(1) --experiment $(E
 MODELS   ?= $(call ftc_list,models)
 METHODS  ?= $(call ftc_list,methods)
 VARIANTS ?= $(call ftc_list,variants)
+ADAPTER_METHODS := $(call ftc_list,adapter-methods)   # methods that have an un-merged adapter variant
 
 RUNS    := $(foreach m,$(MODELS),$(foreach t,$(METHODS),$(m)/$(t)))
 BASES   := $(foreach m,$(MODELS),models/base/$(m)/manifest.json)
 TRAINED := $(foreach r,$(RUNS),models/$(EXPERIMENT)/$(r)/train_summary.json)
 MERGED  := $(foreach r,$(RUNS),models/$(EXPERIMENT)/$(r)/merged/merge_manifest.json)
 EVALS   := $(foreach m,$(MODELS),evaluation_results/$(EXPERIMENT)/$(m)/base/results.json) \
-           $(foreach r,$(RUNS),$(foreach v,$(VARIANTS),evaluation_results/$(EXPERIMENT)/$(r)-$(v)/results.json))
+           $(foreach r,$(RUNS),$(if $(filter merged,$(VARIANTS)),evaluation_results/$(EXPERIMENT)/$(r)-merged/results.json)) \
+           $(foreach r,$(RUNS),$(if $(and $(filter adapter,$(VARIANTS)),$(filter $(notdir $(r)),$(ADAPTER_METHODS))),\
+             evaluation_results/$(EXPERIMENT)/$(r)-adapter/results.json))
 RECORD  := $(if $(filter default,$(EXPERIMENT)),models_evaluation_record.md,results/$(EXPERIMENT)/models_evaluation_record.md)
 
 TASK_FILES := $(wildcard lm-evaluation-harness/tasks/*/*.yaml lm-evaluation-harness/tasks/*/*.py)
@@ -101,7 +104,10 @@ evaluation_results/$(EXPERIMENT)/%-merged/results.json: models/$(EXPERIMENT)/%/m
 evaluation_results/$(EXPERIMENT)/%-adapter/results.json: models/$(EXPERIMENT)/%/merged/merge_manifest.json $(EVAL_DEPS)
 	bash scripts/evaluate_models.sh $(*D) $(*F) adapter $(EVAL_ARGS)
 
-$(RECORD): $(EVALS) $(TRAINED) analyze_results.py
+ANALYZER := analyze_results.py $(wildcard src/ftcompare/analyze.py src/ftcompare/stats.py src/ftcompare/figures.py \
+            src/ftcompare/templates/*)
+
+$(RECORD): $(EVALS) $(TRAINED) $(ANALYZER)
 	$(PY) analyze_results.py --experiment $(EXPERIMENT)
 
 # ---------------------------------------------------------------------------------------------------

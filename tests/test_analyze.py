@@ -409,3 +409,11 @@ def test_output_layout(project):
     for bad in ("figures", "model_comparison", "../x"):
         with pytest.raises(FtcError):
             a.record_path(bad)
+
+
+def test_results_evaluated_with_other_settings_than_the_config_are_refused(proj):
+    cfg = proj / "configs" / "experiments" / f"{EXP}.yaml"
+    cfg.write_text(cfg.read_text().replace(f"limit: {{{MC}: {LIMIT}}}", f"limit: {{{MC}: 30}}"))
+    rc, _, err = analyze()
+    assert rc == 1
+    assert f"base/results.json: n-samples.{MC}.effective: {LIMIT} of {N_MC_ROWS}, but" in err

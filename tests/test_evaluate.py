@@ -98,9 +98,9 @@ def test_base_adapter_merged_are_consistent(proj):
 
     for task in LOGLIK_TASKS:
         b = {s["doc_id"]: s for s in read_samples("base", "merged", task)}
-        # relative tolerance of a summed log-likelihood: fp32 noise for LoRA; for QLoRA, bitsandbytes' CPU
-        # 4-bit inference kernel computes in bf16 on AVX512-BF16 CPUs (the merged model is plain fp32)
-        for method, rel in (("lora", 1e-6), ("qlora", 2e-4)):
+        # relative tolerance of a summed log-likelihood: fp32 noise (QLoRA: the adapter runs on the NF4 base with
+        # fp32 dequantize + matmul, as in training; merged = that base dequantized + the adapter merged)
+        for method, rel in (("lora", 1e-6), ("qlora", 1e-6)):
             m = {s["doc_id"]: s for s in read_samples(method, "merged", task)}
             a = {s["doc_id"]: s for s in read_samples(method, "adapter", task)}
             assert m.keys() == a.keys() == b.keys() == {0, 1, 2}

@@ -560,10 +560,11 @@ def _check_comparable(an: Analysis) -> None:
                                 f"{an.experiment}.yaml evaluation.num_fewshot.{task} = {ev_cfg.num_fewshot[task]}: "
                                 "stale evaluation; re-evaluate")
             want_limit = ev_cfg.limit.get(task)
-            if want_limit is not None and tr.n is not None and tr.n_original is not None \
-                    and tr.n != min(want_limit, tr.n_original):
+            if isinstance(tr.n, int) and isinstance(tr.n_original, int) \
+                    and tr.n != (tr.n_original if want_limit is None else min(want_limit, tr.n_original)):
                 an.problems.add("comparability", ev.path, f"n-samples.{task}.effective",
-                                f"{tr.n}, but evaluation.limit.{task} = {want_limit} (of {tr.n_original}): stale evaluation")
+                                f"{tr.n} of {tr.n_original}, but configs/experiments/{an.experiment}.yaml evaluation.limit."
+                                f"{task} = {want_limit}: evaluated with another limit; re-evaluate")
             if ref_all is None:
                 ref_all = (ev, tr)
             else:
@@ -1183,9 +1184,9 @@ def _caveats(an: Analysis) -> str:
                      "gains on HellaSwag are in-distribution gains; MMLU and GSM8K measure transfer/forgetting.")
     ns = sorted({tr.n for ev in an.evals.values() for tr in ev.tasks.values() if tr.n})
     if ns and ns[0] < 1000:
-        lines.append(f"- Tiny evaluation sets (n = {', '.join(map(str, ns))}): 95% CIs are wide (at n=200 a single "
+        lines.append(f"- Small evaluation sets (n = {', '.join(map(str, ns))}): 95% CIs are wide (at n=200 a single "
                      "score's CI is about ±7 points, at n=20 about ±20), so most deltas cannot be distinguished from "
-                     "zero. This experiment demonstrates the pipeline; it does not rank the methods.")
+                     "zero: read the intervals, not the point estimates; a ranking of the methods needs larger n.")
     bs = {}
     for ev in an.evals.values():
         for task, tr in ev.tasks.items():
@@ -1206,8 +1207,8 @@ def _caveats(an: Analysis) -> str:
                          "and wall time was measured on a shared CPU. Costs are per run, not amortised.")
         steps = {r.summary.get("max_steps") for r in runs}
         lines.append(f"- Each method trained for the same step budget ({', '.join(map(str, sorted(steps)))} steps) "
-                     "with its own peak learning rate (full FT 10x lower); a different budget or learning rate "
-                     "could change the ranking.")
+                     "with its own peak learning rate (see *Methods*), not tuned here; another budget or learning "
+                     "rate could change the ranking.")
     if an.missing:
         lines.append("- Some evaluations or runs are **missing** (listed under *Consistency checks*); they are "
                      "left out of the tables and figures, not counted as 0.")
@@ -1220,7 +1221,7 @@ def _checks_section(an: Analysis) -> str:
     lines = [f"All checks passed for {n_files} evaluations ({n_tasks} model x task results) and "
              f"{len(an.training)} training runs:" if not an.missing else
              f"Checks ran on {n_files} evaluations ({n_tasks} model x task results) and {len(an.training)} training runs; "
-             "everything present passed. Missing (run with --allow-missing):",
+             "everything present passed. Missing (reported, not failed, because of --allow-missing):",
              ""]
     if an.missing:
         lines += [f"- MISSING `{p.file}` ({p.field}): {p.message}" for p in an.missing]

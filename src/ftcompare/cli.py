@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
 
     p = sub.add_parser("list", help="print names for the Makefile")
-    p.add_argument("what", choices=["models", "methods", "tasks", "variants", "all-models", "all-methods"])
+    p.add_argument("what", choices=["models", "methods", "adapter-methods", "tasks", "variants", "all-models",
+                                    "all-methods"])
     p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"))
     return ap
 
@@ -139,6 +140,9 @@ def cmd_list(args) -> int:
         print(" ".join(config.available("methods")))
         return 0
     exp = config.load("experiments", args.experiment)
+    if args.what == "adapter-methods":
+        print(" ".join(m for m in exp.methods if config.load("methods", m).uses_adapter))
+        return 0
     print(" ".join({"models": exp.models, "methods": exp.methods, "tasks": exp.evaluation.tasks,
                     "variants": exp.evaluation.variants}[args.what]))
     return 0

@@ -57,7 +57,6 @@ class EvalPlan:
     seed: int
     include_path: str | None         # absolute, or None (upstream tasks only)
     include_defaults: bool
-    offline: bool
     model_cfg: config.ModelConfig
     run: config.RunConfig | None     # the run's own config (its config.json); None for the untuned model
     model_path: str                  # what the weights are loaded from
@@ -212,7 +211,7 @@ def build_plan(experiment: str, model: str, method: str, variant: str = "merged"
         limit={t: limit if limit is not None else ev.limit.get(t) for t in tasks},
         batch_size=batch_size or ev.batch_size, max_batch_size=ev.max_batch_size,
         bootstrap_iters=ev.bootstrap_iters, seed=ev.seed, include_path=include_path,
-        include_defaults=ev.include_defaults, offline=exp.offline, model_cfg=run.model if run else model_cfg,
+        include_defaults=ev.include_defaults, model_cfg=run.model if run else model_cfg,
         run=run, model_path=model_path, adapter_path=adapter_path, quantized_base=quantized, dtype=dtype,
         run_config_hash=run_hash, train_config_hash=train_hash, model_fingerprint=fingerprint,
     )
@@ -241,7 +240,7 @@ def load_model(plan: EvalPlan):
     if plan.method == "base":
         model = load_base(cfg)
         tokenizer = load_tokenizer(cfg)
-        how = f"untuned base model {plan.model_path} ({cfg.dtype})"
+        how = f"untuned base model {_rel(plan.model_path)} ({cfg.dtype})"
     elif plan.adapter_path is None:
         model = load_base(cfg, path=plan.model_path)
         tokenizer = load_tokenizer(cfg, plan.model_path)
@@ -254,17 +253,12 @@ def load_model(plan: EvalPlan):
         model = PeftModel.from_pretrained(base, plan.adapter_path, is_trainable=False)
         tokenizer = load_tokenizer(cfg, plan.adapter_path)
         q = plan.run.method.quantization
-        on = (f"base {plan.model_path} quantized at load to {q.quant_type.upper()} as in training (bitsandbytes, "
-              f"double_quant={q.double_quant}, compute {q.compute_dtype})") if q else f"base {plan.model_path} ({cfg.dtype})"
+        # (modeling.exact_4bit_on_cpu: fp32 dequantize + matmul as in training, not bitsandbytes' bf16 CPU kernel)
+        on = (f"base {_rel(plan.model_path)} quantized at load to {q.quant_type.upper()} as in training (bitsandbytes, "
+              f"double_quant={q.double_quant}, compute {q.compute_dtype})") if q else f"base {_rel(plan.model_path)} ({cfg.dtype})"
         how = f"peft adapter {_rel(plan.adapter_path)} (not merged) on {on}"
-        if q and any(getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules()) and not torch.cuda.is_available():
-            # bitsandbytes' Linear4bit switches to a packed bf16 kernel for CPU inference (eval mode, no grad);
-            # training ran fp32 dequantized matmuls, which is what the merged checkpoint reproduces
-            how += ("; NOTE: on this CPU bitsandbytes runs 4-bit inference matmuls in bf16 (AVX512-BF16 kernel), "
-                    "so scores carry bf16 rounding that training (fp32 dequantized matmuls) and `merged` do not")
-    if plan.run is None or plan.run.method.quantization is None or plan.adapter_path is None:
-        if torch.cuda.is_available():
-            model = model.to("cuda")
+    if torch.cuda.is_available() and not plan.quantized_base:  # 4-bit weights were placed at load time
+        model = model.to("cuda")
     model.eval()
     return model, tokenizer, how
 

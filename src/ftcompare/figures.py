@@ -116,7 +116,8 @@ def _scores(an, task, path: Path) -> Path:
                 x = gi - 0.4 + width * (ci + 0.5)
                 s = _score(an, cell, task, metric, filt)
                 if s is None:
-                    ax.text(x, 2, "missing", rotation=90, ha="center", va="bottom", fontsize=7, color="red")
+                    ax.text(x, 2, f"{cell.label}: missing", rotation=90, ha="center", va="bottom", fontsize=7,
+                            color="red")
                     continue
                 v, lo, hi, _ = s
                 b = ax.bar(x, 100 * v, width * 0.9, color=colors.get(cell.method, "#999999"),
@@ -214,7 +215,9 @@ def _loss(an, path: Path) -> Path:
     plt = _plt()
     colors = method_colors(list(an.exp.methods))
     models = [m for m in an.models() if any(an.training.get((m, x)) for x in an.exp.methods)]
-    fig, axes = plt.subplots(1, len(models), figsize=(0.6 + 5 * len(models), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(0.6 + 5 * len(models), 3.8), squeeze=False)
+    legend: dict = {}
+    has_val = False
     for ax, model in zip(axes[0], models):
         for method in an.exp.methods:
             run = an.training.get((model, method))
@@ -223,16 +226,17 @@ def _loss(an, path: Path) -> Path:
             steps = [r["step"] for r in run.log if r.get("loss") is not None]
             loss = [r["loss"] for r in run.log if r.get("loss") is not None]
             lr = (run.config or {}).get("method", {}).get("learning_rate")
-            ax.plot(steps, loss, color=colors.get(method), lw=1.4, marker="." if len(steps) < 40 else None,
-                    label=f"{method} (peak lr {lr:g})" if isinstance(lr, (int, float)) else method)
+            (h,) = ax.plot(steps, loss, color=colors.get(method), lw=1.4, marker="." if len(steps) < 40 else None)
+            legend.setdefault(f"{method} (peak lr {lr:g})" if isinstance(lr, (int, float)) else method, h)
             if run.summary.get("val_loss") is not None and steps:
                 ax.plot([steps[-1]], [run.summary["val_loss"]], marker="x", ms=8, color=colors.get(method), ls="none")
-        ax.plot([], [], marker="x", color="black", ls="none", label="validation loss (end)")
+                has_val = True
         ax.set_xlabel("optimizer step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("training loss (completion tokens)")
         ax.set_title(f"model {model}")
-        ax.legend(frameon=False)
+    if has_val:
+        legend["validation loss (end)"] = axes[0][0].plot([], [], marker="x", color="black", ls="none")[0]
     fig.suptitle(f"Training loss per step — experiment {an.experiment}")
-    fig.tight_layout()
+    _legend_below(fig, legend)
     return _save(fig, path)
