@@ -339,6 +339,7 @@ def test_incomparable_settings_and_documents_are_refused(proj):
     res = json.loads(path.read_text())
     res["n-shot"][MC] = 5
     res["versions"][GEN] = 2.0
+    res["ftcompare"]["lm_eval_version"] = "0.4.9"  # a results.json from another lm-eval version
     path.write_text(json.dumps(res, indent=2))
     spath = cell_dir(proj, "qlora-merged") / f"samples_{MC}.jsonl"
     lines = spath.read_text().splitlines()
@@ -349,6 +350,7 @@ def test_incomparable_settings_and_documents_are_refused(proj):
     assert rc == 1
     assert any(f"full-merged/results.json: n-shot.{MC}:" in x for x in err.splitlines())
     assert any(f"full-merged/results.json: versions.{GEN}:" in x for x in err.splitlines())
+    assert any("full-merged/results.json: ftcompare.lm_eval_version: '0.4.9' != '0.4.13'" in x for x in err.splitlines())
     assert any(f"qlora-merged/samples_{MC}.jsonl: doc_hash" in x for x in err.splitlines())
 
 

@@ -570,9 +570,12 @@ def _check_comparable(an: Analysis) -> None:
             else:
                 rev, rtr = ref_all
                 for name, a, b in (("n-shot", tr.n_shot, rtr.n_shot), ("versions", tr.version, rtr.version),
-                                   ("limit", tr.limit, rtr.limit), ("n-samples", tr.n, rtr.n)):
+                                   ("limit", tr.limit, rtr.limit), ("n-samples", tr.n, rtr.n),
+                                   ("lm-eval version", ev.block.get("lm_eval_version"),
+                                    rev.block.get("lm_eval_version"))):
                     if a != b:
-                        fld = f"ftcompare.limit.{task}" if name == "limit" else f"{name}.{task}"
+                        fld = {"limit": f"ftcompare.limit.{task}",
+                               "lm-eval version": "ftcompare.lm_eval_version"}.get(name, f"{name}.{task}")
                         an.problems.add("comparability", ev.path, fld, f"{a!r} != {b!r} in {rel(rev.path)}: results "
                                         f"with different {name} are not compared; re-evaluate with the same settings")
             if tr.samples is None:
@@ -1232,7 +1235,7 @@ def _checks_section(an: Analysis) -> str:
         "that belongs; each train_summary.json matches its config.json;",
         "- for 0/1 metrics value x n is a whole number and lm-eval's stderr equals the binomial one;",
         "- every reported value equals the mean of its per-item values in samples_<task>.jsonl (n items each);",
-        "- all compared results used the same n-shot, limit, task version and documents (doc_hash, target_hash; "
+        "- all compared results used the same n-shot, limit, task version, lm-eval version and documents (doc_hash, target_hash; "
         "prompt_hash within a model), matching the experiment config; training runs differ only in the method.",
     ]
     if an.extra:
