@@ -1207,7 +1207,8 @@ def _caveats(an: Analysis) -> str:
         if "cpu_max_rss" in kinds:
             lines.append("- Cost on CPU: peak memory is the process's peak RSS (includes Python, data and the "
                          "optimizer; 4-bit QLoRA saves little on CPU, where bitsandbytes dequantizes for compute), "
-                         "and wall time was measured on a shared CPU. Costs are per run, not amortised.")
+                         "and wall time is the training loop's on the machine named above (anything else running on it slows "
+                         "it). Costs are per run, not amortised.")
         steps = {r.summary.get("max_steps") for r in runs}
         lines.append(f"- Each method trained for the same step budget ({', '.join(map(str, sorted(steps)))} steps) "
                      "with its own peak learning rate (see *Methods*), not tuned here; another budget or learning "

@@ -29,11 +29,16 @@ def setup_environment(offline: bool) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
-def _run_args(p: argparse.ArgumentParser) -> None:
+def add_run_identity(p: argparse.ArgumentParser, method_help: str = "configs/methods/<name>.yaml") -> None:
+    """--experiment / --model / --method: how every stage names the run it works on."""
     p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"),
                    help="configs/experiments/<name>.yaml (default: $EXPERIMENT or 'default')")
     p.add_argument("--model", required=True, help="model alias: configs/models/<alias>.yaml")
-    p.add_argument("--method", required=True, help="configs/methods/<name>.yaml")
+    p.add_argument("--method", required=True, help=method_help)
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    add_run_identity(p)
     p.add_argument("overrides", nargs="*", help="section.key=value (sections: experiment, model, method, data, train)")
 
 
@@ -50,9 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-train even if train_summary.json matches the config")
 
     p = sub.add_parser("merge", help="merge a trained run into a plain checkpoint (<run>/merged/)")
-    p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"))
-    p.add_argument("--model", required=True)
-    p.add_argument("--method", required=True)
+    add_run_identity(p)
 
     p = sub.add_parser("resolve", help="write a run's resolved config (or the experiment's evaluation settings) "
                        "only if it changed: what make uses to invalidate exactly what a config change affects")
@@ -162,11 +165,8 @@ EXTRA: list = []
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        from . import evaluate as _evaluate  # noqa: F401  (registers `evaluate` when present)
-    except ImportError:
-        pass
     from . import analyze as _analyze  # noqa: F401  (registers `analyze`; imports no ML library)
+    from . import evaluate as _evaluate  # noqa: F401  (registers `evaluate`; imports no ML library)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, parser_fn, command_fn in EXTRA:
         parser_fn(sub.add_parser(name, help=(command_fn.__doc__ or "").strip().splitlines()[0] if command_fn.__doc__ else None))

@@ -399,10 +399,7 @@ def _label(plan: EvalPlan) -> str:
 # CLI
 # --------------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"),
-                   help="configs/experiments/<name>.yaml (default: $EXPERIMENT or 'default')")
-    p.add_argument("--model", required=True, help="model alias: configs/models/<alias>.yaml")
-    p.add_argument("--method", required=True, help="base (the untuned model) or a method: configs/methods/<name>.yaml")
+    cli.add_run_identity(p, method_help="base (the untuned model) or a method: configs/methods/<name>.yaml")
     p.add_argument("--variant", default="merged", help="merged (<run>/merged/) or adapter (<run>/final/ on its base)")
     p.add_argument("--tasks", help="comma-separated task names (default: the experiment's evaluation.tasks)")
     p.add_argument("--limit", type=int, help="first N documents of every task (overrides evaluation.limit)")

@@ -48,10 +48,6 @@ def dequantize_exact(model, dtype):
     return model.to(dtype)
 
 
-def merged_dir(run: RunConfig) -> Path:
-    return paths.run_dir(run.experiment, run.model.alias, run.method.name) / "merged"
-
-
 def merge(run: RunConfig) -> Path:
     from .modeling import load_base, load_tokenizer, torch_dtype
 
