@@ -32,22 +32,23 @@ def _corpus() -> list[str]:
     return [r["ctx"] + " " + " ".join(r["endings"]) for r in rows]
 
 
-def build_tiny_model(out: Path, seed: int = 0) -> Path:
-    """Save a tiny LlamaForCausalLM + byte-level BPE tokenizer (ChatML specials) to `out`."""
+def build_tiny_model(out: Path, seed: int = 0, chatml: bool = True) -> Path:
+    """Save a tiny LlamaForCausalLM + byte-level BPE tokenizer to `out`: with ChatML specials and template, or
+    (chatml=False) like a base model: neither the tokens nor a chat template."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     torch.set_num_threads(1)
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] if chatml else ["<|endoftext|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(_corpus(), trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=specials,
                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>",
-                                   bos_token=None, unk_token=None)
-    fast.chat_template = ("{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}"
+    eos = "<|im_end|>" if chatml else "<|endoftext|>"
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=eos, bos_token=None, unk_token=None)
+    fast.chat_template = None if not chatml else ("{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}"
                           "{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}")
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(fast), bos_token_id=None, eos_token_id=fast.eos_token_id,
@@ -91,11 +92,12 @@ def project(tmp_path, monkeypatch):
     return root
 
 
-def add_tiny_model_config(root: Path, model_dir: Path, alias: str = "tiny") -> str:
+def add_tiny_model_config(root: Path, model_dir: Path, alias: str = "tiny", chat_template: str = "tokenizer") -> str:
     """Register `model_dir` as model alias `alias` (source: local) in a test project."""
     targets = "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
     (root / "configs" / "models" / f"{alias}.yaml").write_text(
-        f"alias: {alias}\nsource: local\npath: {model_dir}\ndtype: float32\nlora_target_modules: {targets}\n")
+        f"alias: {alias}\nsource: local\npath: {model_dir}\ndtype: float32\nlora_target_modules: {targets}\n"
+        f"chat_template: {chat_template}\n")
     return alias
 
 

@@ -217,6 +217,10 @@ def test_analyze_writes_record_tables_figures_and_is_byte_identical(proj):
     for needle in ("python analyze_results.py --experiment default", "McNemar", "Wilson", "Newcombe", "Holm",
                    "no difference detected", "source_id", "acc_norm", "strict-match", "flexible-extract"):
         assert needle in record, needle
+    # no generation tasks: no chat section, link or figure (the chat experiment: tests/test_analyze_chat.py)
+    assert "Conversational behaviour" not in record and "## 4a." not in record and "$" not in record
+    assert not any(n.startswith("chat_") for n in names)
+    assert "carries n, a 95% CI and a McNemar exact p-value" in record
     tables = proj / "results" / "model_comparison"
     for name in (f"{MC}.md", f"{MC}_scores.csv", f"{MC}_comparisons.csv", f"{GEN}_comparisons.csv",
                  "training_cost.csv", "training_cost.md", "all_results.csv"):

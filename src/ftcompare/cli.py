@@ -146,7 +146,7 @@ def cmd_list(args) -> int:
     if args.what == "adapter-methods":
         print(" ".join(m for m in exp.methods if config.load("methods", m).uses_adapter))
         return 0
-    print(" ".join({"models": exp.models, "methods": exp.methods, "tasks": exp.evaluation.tasks,
+    print(" ".join({"models": exp.models, "methods": exp.methods, "tasks": exp.evaluation.all_tasks(),
                     "variants": exp.evaluation.variants}[args.what]))
     return 0
 

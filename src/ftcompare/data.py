@@ -1,8 +1,10 @@
-"""Training data: loaders that turn a source into prompt/completion examples, and their tokenization.
+"""Training data: loaders that turn a source into examples, and their tokenization.
 
-A loader returns a list of {"id", "prompt", "completion"} dicts (format `completion`: the loss is on the
-completion tokens only). Chat data (format `chat`, a list of {role, content} messages) plugs in here
-as another format with its own tokenizer function.
+Format `completion`: a loader returns {"id", "prompt", "completion"} dicts; the loss is on the completion.
+Format `chat`: a loader returns every conversation of the source as {"id", "messages": [{role, content}]};
+load_split carves them into train / val / eval by a hash of the conversation id (whole conversations on
+one side), truncates them to data.max_messages and tokenizes them with ftcompare.chat (loss on assistant
+turns only).
 """
 from __future__ import annotations
 
@@ -125,6 +127,121 @@ def load_hellaswag_hub(cfg: DataConfig, split: str) -> list[Example]:
     return _hellaswag_examples(ds, f"{cfg.hub_id} ({split})")
 
 
+# --------------------------------------------------------------------------------------------------
+# Conversations (format chat): every source -> [{"id", "messages": [{"role", "content"}, ...]}]
+# --------------------------------------------------------------------------------------------------
+def chitchat_conversations(raw: dict) -> list[Example]:
+    """chitchat-dataset's dataset.json: {id: {"messages": [[{text, sender, timestamp}, ...] per turn, ...]}}.
+    Two people alternate; the one who opens is the user, the other the assistant. A turn's messages are
+    joined by newlines; empty messages are skipped; conversations with fewer than two turns are left out."""
+    out = []
+    for conv_id, conv in raw.items():
+        turns = conv.get("messages") if isinstance(conv, dict) else None
+        if not isinstance(turns, list):
+            raise FtcError(f"chitchat conversation {conv_id}: no 'messages' list")
+        messages: list[dict] = []
+        first = None
+        for turn in turns:
+            texts = [m["text"].strip() for m in turn if isinstance(m.get("text"), str) and m["text"].strip()]
+            if not texts:
+                continue
+            first = first or turn[0]["sender"]
+            role = "user" if turn[0]["sender"] == first else "assistant"
+            if messages and messages[-1]["role"] == role:
+                messages[-1]["content"] += "\n" + "\n".join(texts)
+            else:
+                messages.append({"role": role, "content": "\n".join(texts)})
+        if len(messages) >= 2:
+            out.append({"id": conv_id, "messages": messages})
+    return out
+
+
+def load_chitchat_packaged(cfg: DataConfig) -> list[Example]:
+    import json
+
+    from .assets import package_dir
+
+    path = package_dir("chitchat-dataset") / "dataset.json"
+    if not path.is_file():
+        raise FtcError(f"{path} missing: install the pinned chitchat-dataset (make setup)")
+    return chitchat_conversations(json.loads(path.read_text()))
+
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+                  "bing": "assistant", "system": "system"}
+
+
+def sharegpt_to_messages(conv, where: str) -> list[dict]:
+    """ShareGPT [{from, value}] -> [{role, content}]; an unknown `from` is an error naming the row."""
+    if not isinstance(conv, list):
+        raise FtcError(f"{where}: expected a list of {{from, value}} turns, got {type(conv).__name__}")
+    out = []
+    for j, turn in enumerate(conv):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise FtcError(f"{where}, turn {j}: expected {{from, value}}, got {turn!r:.100}")
+        role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
+        if role is None:
+            raise FtcError(f"{where}, turn {j}: unknown role '{turn['from']}'; expected one of "
+                           f"{', '.join(SHAREGPT_ROLES)}")
+        out.append({"role": role, "content": str(turn["value"])})
+    return out
+
+
+def _hub_rows(cfg: DataConfig):
+    import datasets
+
+    return datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.train_split)
+
+
+def load_sharegpt_hub(cfg: DataConfig) -> list[Example]:
+    """A hub dataset in ShareGPT form (e.g. mlabonne/FineTome-100k): column `conversations` of {from, value}."""
+    col = cfg.column or "conversations"
+    return [{"id": str(i), "messages": sharegpt_to_messages(row[col], f"{cfg.hub_id} row {i}")}
+            for i, row in enumerate(_hub_rows(cfg))]
+
+
+def load_messages_hub(cfg: DataConfig) -> list[Example]:
+    """A hub dataset already in {role, content} form (e.g. HuggingFaceTB/smol-smoltalk): column `messages`."""
+    from .chat import check_messages
+
+    col = cfg.column or "messages"
+    out = []
+    for i, row in enumerate(_hub_rows(cfg)):
+        msgs = [{"role": m.get("role"), "content": m.get("content")} for m in row[col]]
+        check_messages(msgs, f"{cfg.hub_id} row {i}")
+        out.append({"id": str(i), "messages": msgs})
+    return out
+
+
+CHAT_LOADERS: dict[str, Callable[[DataConfig], list[Example]]] = {
+    "chitchat-packaged": load_chitchat_packaged,
+    "sharegpt-hub": load_sharegpt_hub,
+    "messages-hub": load_messages_hub,
+}
+CHAT_SPLITS = ("train", "val", "eval")
+
+
+def chat_split(cfg: DataConfig, which: str) -> list[Example]:
+    """Conversations of carved split `which` (train | val | eval: 1/5 of the conversations are held out for
+    evaluation, 1/20 of the rest for the validation loss), in a stable pseudo-random order, truncated to
+    data.max_messages and ending on an assistant message."""
+    from .chat import end_on_assistant
+
+    if which not in CHAT_SPLITS:
+        raise FtcError(f"chat split '{which}' unknown; expected one of {', '.join(CHAT_SPLITS)}")
+    convs = CHAT_LOADERS[cfg.loader](cfg)
+    out = []
+    for c in convs:
+        if _split_of(f"{cfg.name}:{c['id']}") != which:
+            continue
+        msgs = c["messages"][:cfg.max_messages] if cfg.max_messages else c["messages"]
+        msgs = end_on_assistant(msgs)
+        if any(m["role"] == "user" for m in msgs):
+            out.append({"id": c["id"], "messages": msgs})
+    out.sort(key=lambda c: _h(f"{cfg.name}-{c['id']}"))
+    return out
+
+
 LOADERS: dict[str, Callable[[DataConfig, str], list[Example]]] = {
     "hellaswag-packaged": load_hellaswag_packaged,
     "hellaswag-hub": load_hellaswag_hub,
@@ -132,9 +249,21 @@ LOADERS: dict[str, Callable[[DataConfig, str], list[Example]]] = {
 
 
 def load_split(cfg: DataConfig, which: str) -> list[Example]:
-    """which: 'train' or 'val'. Applies n_train / n_val (the first n, in the loader's stable order)."""
-    if cfg.loader not in LOADERS:
-        raise FtcError(f"data '{cfg.name}': unknown loader '{cfg.loader}'; valid: {', '.join(LOADERS)}")
+    """which: 'train' or 'val' (chat: also 'eval'). Applies n_train / n_val (the first n, in the loader's
+    stable order)."""
+    valid, other = (CHAT_LOADERS, LOADERS) if cfg.format == "chat" else (LOADERS, CHAT_LOADERS)
+    if cfg.loader in other:
+        raise FtcError(f"data '{cfg.name}': loader '{cfg.loader}' reads {'chat' if cfg.format != 'chat' else 'completion'} "
+                       f"data, but data.format is '{cfg.format}'; set the format or use one of: {', '.join(valid)}")
+    if cfg.loader not in valid:
+        raise FtcError(f"data '{cfg.name}': unknown loader '{cfg.loader}'; valid: {', '.join(valid)}")
+    if cfg.format == "chat":
+        examples = chat_split(cfg, which)
+        n = {"train": cfg.n_train, "val": cfg.n_val}.get(which)
+        examples = examples[:n] if n else examples
+        if not examples:
+            raise FtcError(f"data '{cfg.name}': its {which} split has no conversation; check the data config")
+        return examples
     split = cfg.train_split if which == "train" else cfg.val_split
     examples = LOADERS[cfg.loader](cfg, split)
     n = cfg.n_train if which == "train" else cfg.n_val
@@ -146,10 +275,22 @@ def load_split(cfg: DataConfig, which: str) -> list[Example]:
 
 def fingerprint(examples: list[Example]) -> str:
     """Hash of the ordered example ids and texts: equal fingerprints = identical data, same order."""
+    import json
+
     h = hashlib.sha256()
     for e in examples:
-        h.update(f"{e['id']}\x00{e['prompt']}\x00{e['completion']}\x01".encode())
+        body = json.dumps(e["messages"], sort_keys=True) if "messages" in e else f"{e['prompt']}\x00{e['completion']}"
+        h.update(f"{e['id']}\x00{body}\x01".encode())
     return h.hexdigest()[:16]
+
+
+def tokenize(examples: list[Example], tokenizer, cfg: DataConfig, max_length: int, where: str):
+    """-> (datasets.Dataset of input_ids/labels, stats) for either format."""
+    if cfg.format == "chat":
+        from .chat import tokenize_chat
+
+        return tokenize_chat(examples, tokenizer, max_length, where)
+    return tokenize_completion(examples, tokenizer, max_length, where), {"n_examples": len(examples)}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,6 +6,13 @@
                                                             (QLoRA: the base quantized to NF4 as in training)
   optional: --tasks a,b  --limit N (every task; overrides the config)  --batch-size N  --force
 
+Chat experiments (the experiment's data config has format chat): the tokenizer is loaded with the model's
+chat template (modeling.load_tokenizer(chat=True)) and the embeddings aligned to it; lm-eval tasks get the
+metadata ftcompare_model=<alias> (ftc_chitchat renders its prompts with that model's template); and the
+generation tasks of evaluation.generation (ftc_chat_gen_<setting>, ftcompare.chat_eval) run after the lm-eval
+tasks, written into the same results.json and samples files in lm-eval's schema. --limit N also caps the
+generation prompts (default: generation.n_prompts).
+
 What is evaluated comes from the experiment config (evaluation: tasks, num_fewshot, limit per task,
 batch size, seed, bootstrap iterations; the task YAMLs under lm-evaluation-harness/tasks/ via include_path).
 The model is loaded once and wrapped in lm-eval's HFLM; each task is one `lm_eval.simple_evaluate` call on
@@ -66,6 +73,18 @@ class EvalPlan:
     run_config_hash: str | None
     train_config_hash: str | None
     model_fingerprint: dict = field(default_factory=dict)
+    chat: bool = False               # the experiment's data is chat: tokenizer with the model's chat template
+    generation: config.GenerationSettings | None = None  # set when a generation task (ftc_chat_gen_*) is asked
+
+    @property
+    def generation_tasks(self) -> list[str]:
+        names = self.generation.task_names() if self.generation else []
+        return [t for t in self.tasks if t in names]
+
+    @property
+    def lm_eval_tasks(self) -> list[str]:
+        gen = set(self.generation_tasks)
+        return [t for t in self.tasks if t not in gen]
 
     @property
     def out_dir(self) -> Path:
@@ -73,7 +92,7 @@ class EvalPlan:
 
     def settings(self) -> dict:
         """What determines the results: equal settings = nothing to re-run."""
-        return {
+        s = {
             "experiment": self.experiment, "model": self.model, "method": self.method, "variant": self.variant,
             "tasks": self.tasks, "num_fewshot": self.num_fewshot, "limit": self.limit,
             "batch_size": self.batch_size, "max_batch_size": self.max_batch_size,
@@ -81,9 +100,26 @@ class EvalPlan:
             "include_defaults": self.include_defaults, "task_files_sha256": task_files_hash(self.include_path),
             "lm_eval_version": _version("lm_eval"), "model_fingerprint": self.model_fingerprint,
         }
+        if self.chat or self.generation_tasks:  # (absent otherwise: earlier results keep their hash)
+            s["chat"] = self.chat
+            s["chat_code_sha256"] = chat_code_hash()
+        if self.generation_tasks:
+            g = self.generation
+            s["generation"] = {"data": g.data, "max_new_tokens": g.max_new_tokens, "batch_size": g.batch_size,
+                               "seed": g.seed, "settings": {t: g.settings[t[len(config.GENERATION_TASK_PREFIX):]]
+                                                            for t in self.generation_tasks}}
+        return s
 
     def settings_hash(self) -> str:
         return config.config_hash(self.settings())
+
+
+def chat_code_hash() -> str:
+    """sha256 of the code that renders chat prompts and runs/scores generation (chat.py, chat_eval.py)."""
+    h = hashlib.sha256()
+    for name in ("chat.py", "chat_eval.py"):
+        h.update(name.encode() + b"\0" + Path(__file__).with_name(name).read_bytes() + b"\1")
+    return h.hexdigest()[:16]
 
 
 def _version(dist: str) -> str | None:
@@ -145,11 +181,23 @@ def build_plan(experiment: str, model: str, method: str, variant: str = "merged"
     if batch_size is not None and batch_size <= 0:
         raise FtcError(f"--batch-size must be > 0 (got {batch_size})")
 
-    tasks = list(tasks or ev.tasks)
+    tasks = list(tasks or ev.all_tasks())
     if not tasks:
         raise FtcError(f"experiment '{experiment}' has no evaluation.tasks; list them in configs/experiments/{experiment}.yaml")
     if len(set(tasks)) != len(tasks):
         raise FtcError(f"tasks {tasks} name a task twice")
+    gen_names = ev.generation.task_names() if ev.generation else []
+    bad = [t for t in tasks if t.startswith(config.GENERATION_TASK_PREFIX) and t not in gen_names]
+    if bad:
+        raise FtcError(f"unknown generation task(s) {', '.join(bad)}: experiment '{experiment}' defines "
+                       + (f"{', '.join(gen_names)} (evaluation.generation.settings)" if gen_names else
+                          "no evaluation.generation")
+                       + f"; valid tasks: {', '.join(ev.all_tasks())}")
+    generation = ev.generation if any(t in gen_names for t in tasks) else None
+    is_chat = config.load("data", exp.data).format == "chat"
+    if generation is not None and config.load("data", generation.data).format != "chat":
+        raise FtcError(f"evaluation.generation.data '{generation.data}' is not a chat data config (format: chat); "
+                       f"fix configs/experiments/{experiment}.yaml")
     include_path = None
     if ev.include_path:
         p = Path(ev.include_path)
@@ -207,13 +255,15 @@ def build_plan(experiment: str, model: str, method: str, variant: str = "merged"
 
     return EvalPlan(
         experiment=exp.name, model=model, method=method, variant=variant, tasks=tasks,
-        num_fewshot={t: ev.num_fewshot.get(t) for t in tasks},
-        limit={t: limit if limit is not None else ev.limit.get(t) for t in tasks},
+        num_fewshot={t: 0 if t in gen_names else ev.num_fewshot.get(t) for t in tasks},
+        limit={t: limit if limit is not None else (generation.n_prompts if t in gen_names else ev.limit.get(t))
+               for t in tasks},
         batch_size=batch_size or ev.batch_size, max_batch_size=ev.max_batch_size,
         bootstrap_iters=ev.bootstrap_iters, seed=ev.seed, include_path=include_path,
         include_defaults=ev.include_defaults, model_cfg=run.model if run else model_cfg,
         run=run, model_path=model_path, adapter_path=adapter_path, quantized_base=quantized, dtype=dtype,
         run_config_hash=run_hash, train_config_hash=train_hash, model_fingerprint=fingerprint,
+        chat=is_chat, generation=generation,
     )
 
 
@@ -231,32 +281,42 @@ def is_up_to_date(plan: EvalPlan) -> bool:
 # Model: loaded once per variant, handed to lm-eval as an instance
 # --------------------------------------------------------------------------------------------------
 def load_model(plan: EvalPlan):
-    """-> (model, tokenizer, description of what was loaded)."""
+    """-> (model, tokenizer, description of what was loaded). Chat experiments: the tokenizer carries the
+    model's chat template and the embeddings are grown to it when ChatML tokens were added (modeling.align_vocab,
+    seeded as in training, so an un-merged adapter sits on the same grown base it was trained on)."""
     import torch
 
-    from .modeling import load_base, load_tokenizer
+    from .modeling import align_vocab, load_base, load_tokenizer
 
     cfg = plan.model_cfg
+    chat = plan.chat or bool(plan.generation_tasks)
+    seed = plan.run.train.seed if plan.run else plan.seed
     if plan.method == "base":
         model = load_base(cfg)
-        tokenizer = load_tokenizer(cfg)
+        tokenizer = load_tokenizer(cfg, chat=chat)
         how = f"untuned base model {_rel(plan.model_path)} ({cfg.dtype})"
     elif plan.adapter_path is None:
         model = load_base(cfg, path=plan.model_path)
-        tokenizer = load_tokenizer(cfg, plan.model_path)
+        tokenizer = load_tokenizer(cfg, plan.model_path, chat=chat)
         how = f"merged checkpoint {_rel(plan.model_path)} ({cfg.dtype})"
     else:
         from peft import PeftModel
 
         # QLoRA: load_base quantizes exactly as training did (same BitsAndBytesConfig from the method config)
         base = load_base(cfg, plan.run.method)
+        tokenizer = load_tokenizer(cfg, plan.adapter_path, chat=chat)
+        if chat:
+            align_vocab(base, tokenizer, seed)
         model = PeftModel.from_pretrained(base, plan.adapter_path, is_trainable=False)
-        tokenizer = load_tokenizer(cfg, plan.adapter_path)
         q = plan.run.method.quantization
         # (modeling.exact_4bit_on_cpu: fp32 dequantize + matmul as in training, not bitsandbytes' bf16 CPU kernel)
         on = (f"base {_rel(plan.model_path)} quantized at load to {q.quant_type.upper()} as in training (bitsandbytes, "
               f"double_quant={q.double_quant}, compute {q.compute_dtype})") if q else f"base {_rel(plan.model_path)} ({cfg.dtype})"
         how = f"peft adapter {_rel(plan.adapter_path)} (not merged) on {on}"
+    if chat and plan.adapter_path is None:
+        added = align_vocab(model, tokenizer, seed)
+        if added:
+            how += f", embeddings grown by {len(added)} rows for the chat template's added tokens"
     if torch.cuda.is_available() and not plan.quantized_base:  # 4-bit weights were placed at load time
         model = model.to("cuda")
     model.eval()
@@ -309,6 +369,27 @@ def _run_task(lm, task: str, plan: EvalPlan, task_manager) -> dict:
         torch_random_seed=plan.seed, fewshot_random_seed=plan.seed)
 
 
+def _run_generation(model, tokenizer, plan: EvalPlan, results: dict, samples: dict) -> tuple[dict, dict]:
+    """The generation tasks (ftcompare.chat_eval), merged into `results` and `samples` in lm-eval's schema.
+    -> (the ftcompare.generation block, seconds per task)."""
+    import dataclasses
+
+    from .chat_eval import run_generation
+
+    gen = plan.generation
+    names = plan.generation_tasks
+    prefix = config.GENERATION_TASK_PREFIX
+    gen = dataclasses.replace(gen, settings={t[len(prefix):]: gen.settings[t[len(prefix):]] for t in names})
+    n_prompts = plan.limit[names[0]]
+    print(f"[evaluate] {_label(plan)}: generation {', '.join(names)} ({n_prompts} prompts of {gen.data}, "
+          f"max {gen.max_new_tokens} new tokens, batch {gen.batch_size})", flush=True)
+    entries, gen_samples, block = run_generation(model, tokenizer, gen, config.load("data", gen.data), n_prompts)
+    for key, per in entries.items():
+        results.setdefault(key, {}).update(per)
+    samples.update(gen_samples)
+    return block, {t: block[t]["seconds"] for t in names}
+
+
 def combine(per_task: dict[str, dict]) -> tuple[dict, dict[str, list]]:
     """Per-task simple_evaluate outputs -> one results dict (as one multi-task call returns) + samples."""
     combined: dict = {}
@@ -336,8 +417,11 @@ def run(plan: EvalPlan) -> dict:
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import hash_string, make_table
 
-    tm = TaskManager(include_path=plan.include_path, include_defaults=plan.include_defaults)
-    unknown = [t for t in plan.tasks if t not in tm.all_tasks]
+    # every task's metadata (and so a custom_dataset's keyword arguments) names the evaluated model: ftc_chitchat
+    # renders its prompts with that model's chat template
+    tm = TaskManager(include_path=plan.include_path, include_defaults=plan.include_defaults,
+                     metadata={"ftcompare_model": plan.model})
+    unknown = [t for t in plan.lm_eval_tasks if t not in tm.all_tasks]
     if unknown:
         where = _rel(plan.include_path) if plan.include_path else "lm-eval's built-in tasks"
         valid = f"; valid: {', '.join(tm.all_subtasks)}" if len(tm.all_subtasks) <= 50 else ""
@@ -352,12 +436,16 @@ def run(plan: EvalPlan) -> dict:
     load_s = time.time() - t0
 
     per_task, seconds = {}, {}
-    for task in plan.tasks:
+    for task in plan.lm_eval_tasks:
         t = time.time()
         print(f"[evaluate] {_label(plan)}: {task} (n-shot {plan.num_fewshot[task]}, limit {plan.limit[task]})", flush=True)
         per_task[task] = _run_task(lm, task, plan, tm)
         seconds[task] = round(time.time() - t, 2)
     results, samples = combine(per_task)
+    generation = {}
+    if plan.generation_tasks:
+        generation, gen_seconds = _run_generation(model, tokenizer, plan, results, samples)
+        seconds.update(gen_seconds)
     results["task_hashes"] = {t: hash_string("".join(s["doc_hash"] + s["prompt_hash"] + s["target_hash"] for s in ss))
                               for t, ss in samples.items()}
 
@@ -375,6 +463,8 @@ def run(plan: EvalPlan) -> dict:
         "wall_time_s": round(time.time() - t0, 2), "model_load_s": round(load_s, 2), "seconds_per_task": seconds,
         "started": started, "finished": now(), "manifest": manifest(),
     }
+    if generation:
+        results["ftcompare"]["generation"] = generation
     results = _json_safe(results)
 
     for task in plan.tasks:

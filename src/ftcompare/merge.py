@@ -49,7 +49,7 @@ def dequantize_exact(model, dtype):
 
 
 def merge(run: RunConfig) -> Path:
-    from .modeling import load_base, load_tokenizer, torch_dtype
+    from .modeling import align_vocab, load_base, load_tokenizer, torch_dtype
 
     out = paths.run_dir(run.experiment, run.model.alias, run.method.name)
     final = out / "final"
@@ -64,7 +64,8 @@ def merge(run: RunConfig) -> Path:
     if run.method.uses_adapter and not (final / "adapter_config.json").is_file():
         raise FtcError(f"{final.relative_to(paths.ROOT)} has no adapter_config.json: not a LoRA adapter; re-train")
 
-    tokenizer = load_tokenizer(run.model, str(final))
+    chat = run.data.format == "chat"
+    tokenizer = load_tokenizer(run.model, str(final), chat=chat)
     with atomic_dir(out / "merged") as tmp:
         if not run.method.uses_adapter:
             for f in final.iterdir():
@@ -75,6 +76,7 @@ def merge(run: RunConfig) -> Path:
             from peft import PeftModel
 
             base = load_base(run.model, run.method)
+            added = align_vocab(base, tokenizer)  # ChatML tokens added for training: their rows are in the adapter
             if run.method.quantization is not None:
                 with atomic_dir(out / "nf4-base") as nf4:
                     base.save_pretrained(nf4)
@@ -83,6 +85,7 @@ def merge(run: RunConfig) -> Path:
                 how = "NF4 base dequantized (bitsandbytes dequantize_4bit), adapter merged (merge_and_unload)"
             else:
                 how = "adapter merged into the base (merge_and_unload)"
+            how += f"; {len(added)} added token rows (trainable_token_indices) merged" if added else ""
             model = PeftModel.from_pretrained(base, str(final))
             model = model.merge_and_unload()
             model = model.to(torch_dtype(run.model.dtype))

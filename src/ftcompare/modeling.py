@@ -57,14 +57,35 @@ def _check_local_weights(path: str) -> None:
             raise FtcError(f"{f}: corrupt safetensors file ({type(e).__name__}); delete it and re-run its make target") from e
 
 
-def load_tokenizer(model: ModelConfig, path: str | None = None):
+def load_tokenizer(model: ModelConfig, path: str | None = None, chat: bool = False):
+    """The model's tokenizer; chat=True: with the chat template the model config asks for (ftcompare.chat),
+    special tokens added if ChatML is installed on a vocabulary without them (then use align_vocab)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path or base_model_path(model), trust_remote_code=model.trust_remote_code,
                                         revision=model.revision if path is None and model.source == "hub" else None)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if chat:
+        from .chat import prepare_tokenizer
+
+        prepare_tokenizer(tok, model)  # idempotent: call it again for what was done
     return tok
+
+
+def align_vocab(model, tokenizer, seed: int = 0) -> list[int]:
+    """Grow the embedding (and an untied output layer) to the tokenizer's vocabulary when tokens were added
+    (ChatML on a base model). New rows start at the mean of the old ones (transformers' mean resizing,
+    seeded). Returns the ids of the new rows (what LoRA must make trainable)."""
+    old = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= old:
+        return []
+    from transformers import set_seed
+
+    set_seed(seed)  # the new rows are sampled around the mean: the same rows every time
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.config.vocab_size = len(tokenizer)
+    return list(range(old, len(tokenizer)))
 
 
 def load_base(model: ModelConfig, method: MethodConfig | None = None, path: str | None = None):
@@ -105,21 +126,26 @@ def exact_4bit_on_cpu(model):
     return model
 
 
-def lora_config(run: RunConfig):
+def lora_config(run: RunConfig, new_token_ids: list[int] | None = None):
+    """new_token_ids: rows added to the embedding (ChatML on a base model): trained through peft's
+    trainable_token_indices (only those rows; tied output weights follow), saved with the adapter."""
     from peft import LoraConfig
 
     lo = run.method.lora
+    extra = {"trainable_token_indices": {"embed_tokens": list(new_token_ids)}} if new_token_ids else {}
     return LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, bias="none", task_type="CAUSAL_LM",
-                      target_modules=list(lo.target_modules or run.model.lora_target_modules))
+                      target_modules=list(lo.target_modules or run.model.lora_target_modules), **extra)
 
 
-def build_for_training(run: RunConfig):
-    """Base model + method, seeded before the adapter is created (LoRA init draws from the global RNG)."""
+def build_for_training(run: RunConfig, tokenizer=None):
+    """Base model + method, seeded before the adapter is created (LoRA init draws from the global RNG).
+    With a tokenizer that has more tokens than the model (ChatML installed), the embeddings grow first."""
     from transformers import set_seed
 
     set_seed(run.train.seed)
     model = load_base(run.model, run.method)
     model.config.use_cache = False
+    new_ids = align_vocab(model, tokenizer, run.train.seed) if tokenizer is not None else []
     if run.method.uses_adapter:
         from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -132,7 +158,7 @@ def build_for_training(run: RunConfig):
         if missing:
             raise FtcError(f"model '{run.model.alias}' has no module(s) named {missing}; fix lora_target_modules "
                            f"in configs/models/{run.model.alias}.yaml")
-        model = get_peft_model(model, lora_config(run))
+        model = get_peft_model(model, lora_config(run, new_ids))
     return model
 
 

@@ -5,6 +5,7 @@ accelerate/DDP) -> save -> summary. Outputs, at fixed paths under models/<experi
   config.json          resolved config + its hash (written first: a checkpoint from another config is discarded)
   checkpoints/         Trainer checkpoints every train.save_steps (the last train.save_total_limit kept)
   train_log.jsonl      one line per logged step: loss, lr, grad_norm, tokens/s, peak memory
+  template_view.json   chat data: one training conversation as tokens, special or not, trained or not
   final/               the trained weights: full model, or the LoRA adapter (+ tokenizer)
   train_summary.json   written last: wall time, tokens, tokens/s, peak memory, params, validation loss
 """
@@ -189,13 +190,21 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
 
     from .modeling import build_for_training, count_params, load_tokenizer
 
-    tokenizer = load_tokenizer(run.model)
+    chat = run.data.format == "chat"
+    tokenizer = load_tokenizer(run.model, chat=chat)
     train_ex = data_mod.load_split(run.data, "train")
     val_ex = data_mod.load_split(run.data, "val")
-    train_ds = data_mod.tokenize_completion(train_ex, tokenizer, run.train.max_length, f"data '{run.data.name}' train")
-    val_ds = data_mod.tokenize_completion(val_ex, tokenizer, run.train.max_length, f"data '{run.data.name}' val")
+    train_ds, train_stats = data_mod.tokenize(train_ex, tokenizer, run.data, run.train.max_length,
+                                              f"data '{run.data.name}' train")
+    val_ds, val_stats = data_mod.tokenize(val_ex, tokenizer, run.data, run.train.max_length, f"data '{run.data.name}' val")
+    if chat:  # what the tokenizer makes of a conversation, and which tokens are trained (a figure of the record)
+        from .chat import prepare_tokenizer, template_view
 
-    model = build_for_training(run)
+        chat_info = prepare_tokenizer(tokenizer, run.model)
+        atomic_write_json(out / "template_view.json",
+                          template_view(tokenizer, train_ex[0]["messages"], run.model.alias, chat_info))
+
+    model = build_for_training(run, tokenizer)
     trainable, total = count_params(model)
     print(f"[train] {run.experiment}/{run.model.alias}/{run.method.name}: {trainable:,} trainable of {total:,} params "
           f"({100 * trainable / total:.2f}%), {len(train_ds)} train / {len(val_ds)} val examples, "
@@ -253,6 +262,8 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         "n_val_examples": len(val_ds),
         "data_fingerprint_train": data_mod.fingerprint(train_ex),
         "data_fingerprint_val": data_mod.fingerprint(val_ex),
+        "data_format": run.data.format,
+        "data_stats": {"train": train_stats, "val": val_stats},  # chat: conversations shortened/dropped to fit
         "resumed_from": Path(resume).name if resume else None,
         "started": started,
         "finished": now(),

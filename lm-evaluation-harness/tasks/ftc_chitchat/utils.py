@@ -1,0 +1,56 @@
+"""Documents and per-item metric of ftc_chitchat (no network).
+
+Documents: the held-out conversations of a chat data config (ftcompare.data.chat_split(..., "eval")), each
+split into history + reference reply (its last, assistant message), with the prompt rendered by the chat
+template of the model being evaluated (task metadata `ftcompare_model`, set by `ftcompare evaluate`).
+"""
+from __future__ import annotations
+
+import math
+
+import datasets
+
+
+def docs(data: str, model: str) -> list[dict]:
+    """-> [{id, messages (the history), reference, context, continuation}] in the split's stable order."""
+    from ftcompare import chat, config
+    from ftcompare.data import chat_split
+    from ftcompare.modeling import load_tokenizer
+
+    data_cfg = config.load("data", data)
+    if data_cfg.format != "chat":
+        from ftcompare.errors import FtcError
+
+        raise FtcError(f"ftc_chitchat: data config '{data}' has format {data_cfg.format}; expected chat")
+    tok = load_tokenizer(config.load("models", model), chat=True)
+    eot = chat.end_of_turn(tok)
+    out = []
+    for conv in chat_split(data_cfg, "eval"):
+        history, reference = chat.prompt_and_reference(conv["messages"])
+        out.append({"id": str(conv["id"]), "messages": history, "reference": reference,
+                    "context": chat.render(tok, history, add_generation_prompt=True),
+                    "continuation": reference + eot})
+    return out
+
+
+def load(**metadata) -> datasets.DatasetDict:
+    """lm-eval `custom_dataset` hook, called with the task's metadata (YAML `metadata` merged with the
+    TaskManager's) as keyword arguments: `data` (a chat data config) and `ftcompare_model` (a model alias)."""
+    model = metadata.get("ftcompare_model")
+    if not model:
+        from ftcompare.errors import FtcError
+
+        raise FtcError("ftc_chitchat renders prompts with the evaluated model's chat template: run it through "
+                       "`python -m ftcompare evaluate`, or give lm-eval --metadata '{\"ftcompare_model\": \"135m\"}'")
+    rows = docs(metadata.get("data") or "chitchat", model)
+    return datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows)})
+
+
+def reply_bpb(loglikelihood: float, reference: str) -> float:
+    """Bits per UTF-8 byte of the reference reply: -loglikelihood / ln 2 / bytes."""
+    return -loglikelihood / math.log(2) / max(1, len(reference.encode("utf-8")))
+
+
+def process_results(doc: dict, results: list) -> dict:
+    ll, _is_greedy = results[0]
+    return {"reply_bpb": reply_bpb(ll, doc["reference"])}
