@@ -1,5 +1,5 @@
 """The analyzer on a chat experiment: generation tasks (ftc_chat_gen_<setting>, written by ftcompare.chat_eval)
-and the held-out reply bits/byte task (ftc_chitchat) of a synthetic grid: base + full/lora/qlora (merged).
+and the held-out reply likelihood task (ftc_chitchat: nats per reply, bits per byte) of a synthetic grid: base + full/lora/qlora (merged).
 Every results.json and samples file is written here from per-item values chosen so that the expected
 numbers can be counted by hand (no model is run: a few seconds).
 """
@@ -20,6 +20,7 @@ METHODS = ["full", "lora", "qlora"]
 CELLS = ["base", "full-merged", "lora-merged", "qlora-merged"]
 GREEDY, SAMPLED, BPB = "ftc_chat_gen_greedy", "ftc_chat_gen_sampled", "ftc_chitchat"
 N_GEN, N_GEN_AVAILABLE, N_BPB, N_BPB_AVAILABLE, MAX_NEW = 20, 50, 12, 30, 64
+REPLY_BYTES = 10.0  # UTF-8 bytes of every synthetic reference reply
 GEN_METRICS = ["stopped", "length", "chrf", "bleu", "rougeL", "distinct_1", "distinct_2"]
 HIB = {"stopped": True, "length": None, "chrf": True, "bleu": True, "rougeL": True, "distinct_1": True,
        "distinct_2": True}
@@ -103,15 +104,18 @@ def _write_eval(root, cell: str) -> None:
                                     "n_new_tokens": int(it["length"])}) + "\n")
     bpb = [2.0 + 0.05 * i + BPB_SHIFT[cell] for i in range(N_BPB)]
     mean, se = _stats(bpb)
-    results[BPB] = {"alias": BPB, "reply_bpb,none": mean, "reply_bpb_stderr,none": se}
+    results[BPB] = {"alias": BPB, "reply_nll,none": mean, "reply_nll_stderr,none": se,
+                    "reply_bytes,none": REPLY_BYTES, "reply_bytes_stderr,none": 0.0}
     configs[BPB] = {"task": BPB, "output_type": "loglikelihood", "test_split": "test", "metadata": {"version": 1.0},
-                    "metric_list": [{"metric": "reply_bpb", "aggregation": "mean", "higher_is_better": False}]}
-    hib[BPB] = {"reply_bpb": False}
+                    "metric_list": [{"metric": "reply_nll", "aggregation": "mean", "higher_is_better": False},
+                                    {"metric": "reply_bytes", "aggregation": "mean", "higher_is_better": False}]}
+    hib[BPB] = {"reply_nll": False, "reply_bytes": False}
     nsamples[BPB] = {"original": N_BPB_AVAILABLE, "effective": N_BPB}
     with open(out / f"samples_{BPB}.jsonl", "w") as f:
         for i, v in enumerate(bpb):
             f.write(json.dumps({"doc_id": i, "doc": {"id": i}, "arguments": {"gen_args_0": {}}, "filter": "none",
-                                "metrics": ["reply_bpb"], "reply_bpb": v, "doc_hash": _hash(str(i)),
+                                "metrics": ["reply_nll", "reply_bytes"], "reply_nll": v,
+                                "reply_bytes": REPLY_BYTES, "doc_hash": _hash(str(i)),
                                 "prompt_hash": _hash(f"ctx {i}"), "target_hash": _hash(f"ref {i}")}) + "\n")
     tasks = [BPB, GREEDY, SAMPLED]
     block = {"experiment": EXP, "model": MODEL, "method": method, "variant": variant or None,
@@ -221,8 +225,9 @@ def test_chat_record_section_figures_and_tables(chat_proj):
     assert "| base | greedy | 20 | 50.0 [29.9, 70.1] | 37.0 |" in record
     assert "| full-merged | greedy | 20 | 100.0 [83.9, 100.0] | 10.0 |" in record
     assert "3700.0" not in record
-    # reply bits/byte of the variant (first row only), mean of 2.0 + 0.05 i (i < 12) = 2.275, full: -0.5
-    assert "| 1.775 |" in record and "| 2.275 |" in record
+    # reply bits/byte of the variant (first row only): mean nll 2.0 + 0.05 i (i < 12) = 2.275 nats (full: -0.5)
+    # over {REPLY_BYTES} bytes per reply: 2.275 / ln 2 / 10 = 0.328, full 0.256
+    assert "| 0.256 |" in record and "| 0.328 |" in record
 
     # the stop-rate target, greedy setting: 20/20 and 19/20 meet >= 95%, 18/20 does not
     assert "`full-merged` (model 135m) **meets** the target: it stops at end-of-turn on 100.0% of the 20" in record
@@ -240,12 +245,12 @@ def test_chat_record_section_figures_and_tables(chat_proj):
     assert rows[1].split(" | ")[4] == "full-merged says hi 1"        # stopped: no marker
     assert rows[2].split(" | ")[2].endswith("…") and len(rows[2].split(" | ")[2]) == 160
 
-    # findings: reply_bpb is lower-is-better (results.json), so a decrease reads "better"
-    assert "full-merged is **better** than base by 0.500 bits/byte" in record
-    assert "qlora-merged is **worse** than base by 0.200 bits/byte" in record
-    assert f"- **{BPB}** (reply_bpb, n=12, base 2.275 bits/byte, lower is better)" in record
+    # findings: reply_nll is lower-is-better (results.json), so a decrease reads "better"
+    assert "full-merged is **better** than base by 0.500 nats" in record
+    assert "qlora-merged is **worse** than base by 0.200 nats" in record
+    assert f"- **{BPB}** (reply_nll, n=12, base 2.275 nats, lower is better)" in record
     # raw metric tables carry their unit; the generation task's limit is generation.n_prompts
-    assert "score, tokens [95% CI]" in record and "score, bits/byte [95% CI]" in record
+    assert "score, tokens [95% CI]" in record and "score, nats [95% CI]" in record
     assert "**length** (neither direction is better)" in record
     assert "| 135m | base | 20 | 37.0 [" in record
     assert "paired permutation" in record
@@ -302,13 +307,13 @@ def test_experiment_without_generation_has_no_chat_section(chat_proj):
 def test_direction_words():
     from ftcompare.analyze import direction_phrase, metric_display
 
-    assert direction_phrase("x", "reply_bpb", False, -0.1) == "x is **better**"
-    assert direction_phrase("x", "reply_bpb", False, 0.1) == "x is **worse**"
+    assert direction_phrase("x", "reply_nll", False, -0.1) == "x is **better**"
+    assert direction_phrase("x", "reply_nll", False, 0.1) == "x is **worse**"
     assert direction_phrase("x", "acc", True, 0.1) == "x is **better**"
     assert direction_phrase("x", "length", None, 3.0) == "x's replies are **longer**"
     assert direction_phrase("x", "length", None, -3.0) == "x's replies are **shorter**"
     assert direction_phrase("x", "chrf", None, -1.0) == "x's chrf is **lower**"
     assert metric_display("length").value(37.0) == "37.0" and metric_display("stopped").value(0.5) == "50.0"
-    assert metric_display("reply_bpb").delta(-0.5) == "-0.500" and metric_display("acc").delta(-0.0001) == "+0.0"
-    assert metric_display("reply_bpb").with_unit(2.275) == "2.275 bits/byte"
+    assert metric_display("reply_nll").delta(-0.5) == "-0.500" and metric_display("acc").delta(-0.0001) == "+0.0"
+    assert metric_display("reply_nll").with_unit(2.275) == "2.275 nats"
     assert metric_display("chrf").with_unit(20.0) == "20.0" and metric_display("acc").with_unit(0.5) == "50.0%"

@@ -158,10 +158,10 @@ def test_chitchat_task_and_generation_through_evaluate(project, tiny_model_dir, 
     assert ftc["generation"]["ftc_chat_gen_greedy"]["new_tokens"] == 16
     assert res["configs"]["ftc_chitchat"]["metadata"]["ftcompare_model"] == "tiny"
     assert "upstream_task" not in res["configs"]["ftc_chitchat"]["metadata"]
-    assert res["higher_is_better"]["ftc_chitchat"] == {"reply_bpb": False}
+    assert res["higher_is_better"]["ftc_chitchat"] == {"reply_nll": False, "reply_bytes": False}
     assert res["results"]["ftc_chat_gen_greedy"]["stopped,none"] == 0.0
 
-    # reply_bpb per item = -loglikelihood / ln 2 / reply bytes, recomputed from what lm-eval logged
+    # reply_nll per item = -loglikelihood, reply_bytes = the reference's UTF-8 bytes, as lm-eval logged them
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     samples = [json.loads(line) for line in (out / "samples_ftc_chitchat.jsonl").read_text().splitlines()]
     assert [s["doc_id"] for s in samples] == list(range(4))
@@ -172,13 +172,14 @@ def test_chitchat_task_and_generation_through_evaluate(project, tiny_model_dir, 
         assert ctx == doc["context"] == chat.render(tok, doc["messages"], add_generation_prompt=True)
         assert cont == doc["reference"] + "<|im_end|>" and ctx.endswith("<|im_start|>assistant\n")
         ll = float(s["resps"][0][0][0])
-        assert s["reply_bpb"] == pytest.approx(-ll / math.log(2) / len(doc["reference"].encode("utf-8")), rel=1e-9)
-        values.append(s["reply_bpb"])
+        assert s["reply_nll"] == pytest.approx(-ll, rel=1e-12) and s["reply_nll"] > 0
+        assert s["reply_bytes"] == len(doc["reference"].encode("utf-8"))
+        values.append(s["reply_nll"])
         # the end-of-turn token is one token at the end of the scored continuation, as HFLM encodes it
         ids = tok(ctx + cont, add_special_tokens=False)["input_ids"]
         assert ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
         assert tok(ctx, add_special_tokens=False)["input_ids"] == ids[:len(tok(ctx, add_special_tokens=False)["input_ids"])]
-    assert res["results"]["ftc_chitchat"]["reply_bpb,none"] == pytest.approx(sum(values) / 4, rel=1e-12)
+    assert res["results"]["ftc_chitchat"]["reply_nll,none"] == pytest.approx(sum(values) / 4, rel=1e-12)
     # the ftc_chitchat documents are the generation prompts (same held-out order)
     gen = [json.loads(line) for line in (out / "samples_ftc_chat_gen_greedy.jsonl").read_text().splitlines()]
     assert [g["doc"]["id"] for g in gen] == [s["doc"]["id"] for s in samples]

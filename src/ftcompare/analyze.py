@@ -54,7 +54,7 @@ TASK_METRICS: dict[str, list[tuple[str, str]]] = {
     # ftcompare's own generation evaluation (ftcompare.chat_eval; one task ftc_chat_gen_<setting> per setting)
     "ftc_chat_generation": [("stopped", "none"), ("length", "none"), ("chrf", "none"), ("bleu", "none"),
                             ("rougeL", "none"), ("distinct_1", "none"), ("distinct_2", "none")],
-    "ftc_chitchat": [("reply_bpb", "none")],   # bits per byte of the held-out reference reply (lower is better)
+    "ftc_chitchat": [("reply_nll", "none")],   # nats per held-out reference reply (lower is better)
 }
 # Per-item outcomes of these metrics are 0/1: value * n must be an integer, stderr must be binomial.
 ACCURACY_METRICS = {"acc", "acc_norm", "exact_match", "acc_mutual_info", "stopped"}
@@ -118,11 +118,11 @@ RAW_METRICS: dict[str, Display] = {
     "chrf": Display(False, "0–100", "points"),
     "bleu": Display(False, "0–100", "points"),
     "rougeL": Display(False, "0–100", "points"),
-    "reply_bpb": Display(False, "bits/byte", "bits/byte", 3),
+    "reply_nll": Display(False, "nats", "nats", 3),
 }
 PERCENT_METRICS = {"acc", "acc_norm", "exact_match", "acc_mutual_info", "stopped", "distinct_1", "distinct_2"}
 # Direction when results.json does not say: neutral (None) for lengths, lower for bits per byte, else higher.
-DEFAULT_HIGHER_IS_BETTER = {"length": None, "reply_bpb": False}
+DEFAULT_HIGHER_IS_BETTER = {"length": None, "reply_nll": False}
 
 
 def metric_display(metric: str) -> Display:
@@ -1080,8 +1080,14 @@ def setting_name(task: str) -> str:
 
 
 def bpb_task(an: Analysis) -> str | None:
-    """The lm-eval task scoring held-out reference replies in bits per byte (ftc_chitchat), if any."""
-    return next((t for t in an.tasks if ("reply_bpb", "none") in an.reported(t)), None)
+    """The lm-eval task scoring held-out reference replies (ftc_chitchat: reply_nll, reply_bytes), if any."""
+    return next((t for t in an.tasks if ("reply_nll", "none") in an.reported(t)), None)
+
+
+def reply_bits_per_byte(tr) -> float | None:
+    """Bits per UTF-8 byte over all replies: mean nll (nats) / ln 2 / mean bytes."""
+    nll, nbytes = tr.values.get(("reply_nll", "none")), tr.values.get(("reply_bytes", "none"))
+    return nll / math.log(2) / nbytes if nll is not None and nbytes else None
 
 
 def generation_settings(an: Analysis, task: str) -> dict:
@@ -1142,7 +1148,7 @@ def chat_rows(an: Analysis) -> list[dict]:
         for task in an.chat_tasks():
             row = {"experiment": an.experiment, "model": cell.model, "evaluated": cell.label, "method": cell.method,
                    "variant": cell.variant, "task": task, "setting": setting_name(task), "reply_bpb_task": bt,
-                   "reply_bpb": btr.values.get(("reply_bpb", "none")) if btr else None}
+                   "reply_bpb": reply_bits_per_byte(btr) if btr else None}
             tr = an.task_result(cell, task)
             if tr is not None and ("stopped", "none") in tr.values:
                 k, n = stop_counts(tr)
@@ -1310,9 +1316,11 @@ def chat_section(an: Analysis, img) -> str:
              + (f" (`{eot}`)" if eot else "") + " within that budget; its length counts the generated tokens before "
              "it. chrF, BLEU and ROUGE-L (0–100) compare the reply with the conversation's reference reply; "
              "distinct-1/2 = unique / total word unigrams/bigrams of a reply (mean over replies), corpus distinct-1/2 "
-             "the same over all replies of a variant." + (f" Reply bits/byte (`{bt}`): the reference reply's negative "
-                                                          "log-likelihood per UTF-8 byte, given the history (lower is "
-                                                          "better)." if bt else "")
+             "the same over all replies of a variant." + (f" Reply bits/byte (`{bt}`): the reference replies' negative "
+                                                          "log-likelihood given the history (reply_nll, nats, with the "
+                                                          "end-of-turn token), summed over replies, / ln 2 / their UTF-8 "
+                                                          "bytes (lower is better); its paired test is that of "
+                                                          "reply_nll." if bt else "")
              + " Paired tests of every metric: *Results per task*.")
     parts = ["## 4a. Conversational behaviour (chat)", intro]
     for model in an.models():

@@ -6,7 +6,6 @@ template of the model being evaluated (task metadata `ftcompare_model`, set by `
 """
 from __future__ import annotations
 
-import math
 
 import datasets
 
@@ -46,11 +45,9 @@ def load(**metadata) -> datasets.DatasetDict:
     return datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows)})
 
 
-def reply_bpb(loglikelihood: float, reference: str) -> float:
-    """Bits per UTF-8 byte of the reference reply: -loglikelihood / ln 2 / bytes."""
-    return -loglikelihood / math.log(2) / max(1, len(reference.encode("utf-8")))
-
-
 def process_results(doc: dict, results: list) -> dict:
+    """reply_nll: -loglikelihood of the reply (+ end-of-turn) in nats; reply_bytes: its UTF-8 bytes. Their
+    ratio of means, / ln 2, is the bits per byte over all replies (a per-reply ratio would be dominated by
+    one-word replies: 'k' alone costs ~45 bits per byte)."""
     ll, _is_greedy = results[0]
-    return {"reply_bpb": reply_bpb(ll, doc["reference"])}
+    return {"reply_nll": -ll, "reply_bytes": float(len(doc["reference"].encode("utf-8")))}
