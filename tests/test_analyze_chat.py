@@ -317,3 +317,12 @@ def test_direction_words():
     assert metric_display("reply_nll").delta(-0.5) == "-0.500" and metric_display("acc").delta(-0.0001) == "+0.0"
     assert metric_display("reply_nll").with_unit(2.275) == "2.275 nats"
     assert metric_display("chrf").with_unit(20.0) == "20.0" and metric_display("acc").with_unit(0.5) == "50.0%"
+
+
+def test_loop_detection():
+    from ftcompare.analyze import is_loop
+
+    assert is_loop("i'm sorry, i'm sorry, i'm sorry, i'm sorry, i'm sorry, i'm sorry,")
+    assert is_loop("no, no it is not.\n\nno, no it is not.\n\nno, no it is not")
+    assert not is_loop("The question of whether computers can be made to be better is a classic conundrum")
+    assert not is_loop("a b c d a b c d")  # twice is not a loop

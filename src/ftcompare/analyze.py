@@ -1211,12 +1211,36 @@ def _chat_target_lines(an: Analysis) -> list[str]:
         lo, hi = wilson_ci(k, n)
         measured = (f"stops at end-of-turn on {pct(k / n)}% of the {n} held-out prompts ({k} of {n}; 95% Wilson CI "
                     f"{pct(lo)}–{pct(hi)}%)")
+        why = _why_not_stopped(tr)
         if cell.method == "base":
-            lines.append(f"- {who}: {measured}.")
+            lines.append(f"- {who}: {measured}.{why}")
         else:
             verdict = "meets" if meets_stop_target(k, n) else "does not meet"
-            lines.append(f"- {who} **{verdict}** the target: it {measured}.")
+            lines.append(f"- {who} **{verdict}** the target: it {measured}.{why}")
     return lines
+
+
+def is_loop(reply: str, n: int = 4, times: int = 3) -> bool:
+    """A decoding loop: some word n-gram occurs `times` times or more in the reply."""
+    words = reply.lower().split()
+    counts: dict[tuple, int] = {}
+    for i in range(len(words) - n + 1):
+        g = tuple(words[i:i + n])
+        counts[g] = counts.get(g, 0) + 1
+        if counts[g] >= times:
+            return True
+    return False
+
+
+def _why_not_stopped(tr: TaskResult) -> str:
+    """What the replies that did not end their turn look like: decoding loops, or long replies still going."""
+    samples = read_chat_samples(tr.samples.path)
+    open_ = [s["reply"] for s in samples.values() if s["stopped"] == 0]
+    if not open_:
+        return ""
+    loops = sum(is_loop(r) for r in open_)
+    return (f" Of the {len(open_)} replies that ran to the token budget, {loops} repeat a word 4-gram three or more "
+            f"times (a decoding loop); {len(open_) - loops} do not.")
 
 
 def read_chat_samples(path: Path) -> dict[int, dict]:
