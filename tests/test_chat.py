@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT, add_tiny_model_config, build_tiny_model
+from conftest import add_tiny_model_config, build_tiny_model
 from ftcompare import chat, config, data
 from ftcompare.errors import FtcError
 
@@ -253,4 +253,3 @@ def test_chat_experiment_config_parses():
         assert config.load("data", name).format == "chat"
     with pytest.raises(config.ConfigError, match="did you mean 'temperature'"):
         config.from_dict(config.GenerationSettings, {"data": "chitchat", "settings": {"s": {"temperatur": 1}}})
-    assert (ROOT / "configs" / "experiments" / "chat.yaml").is_file()

@@ -104,7 +104,8 @@ def held_out(data_cfg: DataConfig) -> list[dict]:
     from .data import chat_split
 
     if data_cfg.format != "chat":
-        raise FtcError(f"evaluation.generation.data '{data_cfg.name}' has format {data_cfg.format}; expected chat")
+        raise FtcError(f"data config '{data_cfg.name}' has format {data_cfg.format}: chat evaluation (generation, "
+                       "ftc_chitchat) needs a data config with format: chat")
     docs = []
     for conv in chat_split(data_cfg, "eval"):
         history, reference = chat.prompt_and_reference(conv["messages"])

@@ -290,7 +290,8 @@ def load_model(plan: EvalPlan):
 
     cfg = plan.model_cfg
     chat = plan.chat or bool(plan.generation_tasks)
-    seed = plan.run.train.seed if plan.run else plan.seed
+    # the seed training grew the embeddings with: the untuned model gets the very rows training started from
+    seed = plan.run.train.seed if plan.run else config.load("experiments", plan.experiment).train.seed
     if plan.method == "base":
         model = load_base(cfg)
         tokenizer = load_tokenizer(cfg, chat=chat)

@@ -13,23 +13,13 @@ import datasets
 def docs(data: str, model: str) -> list[dict]:
     """-> [{id, messages (the history), reference, context, continuation}] in the split's stable order."""
     from ftcompare import chat, config
-    from ftcompare.data import chat_split
+    from ftcompare.chat_eval import held_out  # the same documents, in the same order, as the generation prompts
     from ftcompare.modeling import load_tokenizer
 
-    data_cfg = config.load("data", data)
-    if data_cfg.format != "chat":
-        from ftcompare.errors import FtcError
-
-        raise FtcError(f"ftc_chitchat: data config '{data}' has format {data_cfg.format}; expected chat")
     tok = load_tokenizer(config.load("models", model), chat=True)
     eot = chat.end_of_turn(tok)
-    out = []
-    for conv in chat_split(data_cfg, "eval"):
-        history, reference = chat.prompt_and_reference(conv["messages"])
-        out.append({"id": str(conv["id"]), "messages": history, "reference": reference,
-                    "context": chat.render(tok, history, add_generation_prompt=True),
-                    "continuation": reference + eot})
-    return out
+    return [{**d, "context": chat.render(tok, d["messages"], add_generation_prompt=True),
+             "continuation": d["reference"] + eot} for d in held_out(config.load("data", data))]
 
 
 def load(**metadata) -> datasets.DatasetDict:
