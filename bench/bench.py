@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import json, sys, time
-from ftcompare import cli, config
-cli.setup_environment(offline=True)
+from ftcompare import config
+from ftcompare.environment import setup_environment
+setup_environment(offline=True)
 from ftcompare.train import train
 run = config.resolve_run("default", sys.argv[1], sys.argv[2], config.parse_overrides(sys.argv[4:]))
 res = train(run, output_dir=sys.argv[3])

@@ -66,16 +66,31 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
-@pytest.fixture()
-def project(tmp_path, monkeypatch):
-    """An isolated project root: configs/ and lm-evaluation-harness/ copied, outputs under tmp_path.
-    Use for tests that run stages writing models/, evaluation_results/ or results/."""
-    import shutil
+def use_root(mp: pytest.MonkeyPatch, root: Path) -> Path:
+    """Point every ftcompare path at `root` (the one place tests move the project root): ftcompare.paths
+    computes ROOT, MODELS, ... from $FTCOMPARE_ROOT at call time, and subprocesses inherit it."""
+    mp.setenv("FTCOMPARE_ROOT", str(root))
+    return root
 
+
+@pytest.fixture(autouse=True)
+def _paths_follow_the_root():
+    """Transitional, until tests/test_analyze*.py (being replaced with the report package) stop setting
+    attributes on ftcompare.paths: monkeypatch's undo leaves such an attribute behind, frozen at a test's
+    root; drop it so the paths follow $FTCOMPARE_ROOT again."""
+    yield
     from ftcompare import paths
 
-    root = tmp_path / "proj"
-    root.mkdir()
+    for name in paths.NAMES:
+        vars(paths).pop(name, None)
+
+
+def copy_project(root: Path) -> Path:
+    """A project tree at `root`: configs/ and lm-evaluation-harness/ copied, empty output folders, the
+    prepared base models linked."""
+    import shutil
+
+    root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "configs", root / "configs")
     if (ROOT / "lm-evaluation-harness").is_dir():
         shutil.copytree(ROOT / "lm-evaluation-harness", root / "lm-evaluation-harness")
@@ -84,12 +99,14 @@ def project(tmp_path, monkeypatch):
     base = ROOT / "models" / "base"
     if base.is_dir():
         (root / "models" / "base").symlink_to(base)
-    monkeypatch.setenv("FTCOMPARE_ROOT", str(root))
-    for attr, value in {"ROOT": root, "CONFIGS": root / "configs", "MODELS": root / "models",
-                        "EVAL_RESULTS": root / "evaluation_results", "RESULTS": root / "results",
-                        "TASKS": root / "lm-evaluation-harness" / "tasks"}.items():
-        monkeypatch.setattr(paths, attr, value)
     return root
+
+
+@pytest.fixture()
+def project(tmp_path, monkeypatch):
+    """An isolated project root: configs/ and lm-evaluation-harness/ copied, outputs under tmp_path.
+    Use for tests that run stages writing models/, evaluation_results/ or results/."""
+    return use_root(monkeypatch, copy_project(tmp_path / "proj"))
 
 
 def add_tiny_model_config(root: Path, model_dir: Path, alias: str = "tiny", chat_template: str = "tokenizer") -> str:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import copy_project, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -14,13 +14,7 @@ STEPS = ["train.max_steps=2", "train.save_steps=100", "data.n_train=16", "data.n
 
 @pytest.fixture(scope="module")
 def proj(tmp_path_factory):
-    import shutil
-
-    root = tmp_path_factory.mktemp("e2e")
-    shutil.copytree(ROOT / "configs", root / "configs")
-    (root / "models").mkdir()
-    (root / "models" / "base").symlink_to(ROOT / "models" / "base")
-    return root
+    return copy_project(tmp_path_factory.mktemp("e2e"))
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "qlora"])

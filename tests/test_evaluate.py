@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 
 import pytest
 
-from conftest import ROOT, add_tiny_model_config, run_cli
+from conftest import ROOT, add_tiny_model_config, copy_project, run_cli, use_root
 from ftcompare import cli, config, paths
 
 TINY = {"data.n_train": 32, "data.n_val": 8, "train.max_steps": 2, "train.per_device_train_batch_size": 4,
@@ -30,15 +29,8 @@ def proj(tiny_model_dir, tmp_path_factory):
     from ftcompare.train import train
 
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("evalproj")
-    shutil.copytree(ROOT / "configs", root / "configs")
-    shutil.copytree(ROOT / "lm-evaluation-harness", root / "lm-evaluation-harness")
     mp = pytest.MonkeyPatch()
-    mp.setenv("FTCOMPARE_ROOT", str(root))
-    for attr, value in {"ROOT": root, "CONFIGS": root / "configs", "MODELS": root / "models",
-                        "EVAL_RESULTS": root / "evaluation_results", "RESULTS": root / "results",
-                        "TASKS": root / "lm-evaluation-harness" / "tasks"}.items():
-        mp.setattr(paths, attr, value)
+    root = use_root(mp, copy_project(tmp_path_factory.mktemp("evalproj")))
     alias = add_tiny_model_config(root, tiny_model_dir)
     for method in ("lora", "qlora"):
         run = config.resolve_run("default", alias, method, TINY)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import add_tiny_model_config
-from ftcompare import config, paths
+from ftcompare import config
 from ftcompare.train import train
 
 TINY = {"data.n_train": 24, "data.n_val": 8, "train.max_steps": 3, "train.per_device_train_batch_size": 4,
@@ -25,15 +25,10 @@ GOLDEN = {
 @pytest.fixture(scope="module")
 def tiny_runs(tiny_model_dir, tmp_path_factory):
     """Train all three methods once on the tiny model in an isolated project; share the results."""
-    import shutil
+    from conftest import copy_project, use_root
 
-    from conftest import ROOT
-
-    root = tmp_path_factory.mktemp("proj")
-    shutil.copytree(ROOT / "configs", root / "configs")
     mp = pytest.MonkeyPatch()
-    for attr, value in {"ROOT": root, "CONFIGS": root / "configs", "MODELS": root / "models"}.items():
-        mp.setattr(paths, attr, value)
+    root = use_root(mp, copy_project(tmp_path_factory.mktemp("proj")))
     alias = add_tiny_model_config(root, tiny_model_dir)
     results = {}
     for method in ("full", "lora", "qlora"):

@@ -5,6 +5,12 @@
   merge   --experiment default --model 135m --method lora [section.key=value ...]
   resolve --experiment default --model 135m --method lora    (write-if-changed config stamps for make)
   list    models|methods|tasks|variants --experiment default  (for the Makefile)
+  evaluate --experiment default --model 135m --method lora --variant merged   (see ftcompare.evaluate)
+  analyze [--experiment default] [--allow-missing]            tables, figures, the record
+
+This module is the top of the one-way dependency graph: cli -> stages (train, merge, evaluate, the report)
+-> building blocks (config, paths, io, data, modeling, ...). It builds every sub-command itself; no module
+imports it.
 
 Errors the user can fix print one line `error: ...` and exit 2.
 """
@@ -16,17 +22,15 @@ import os
 import sys
 
 from . import config, paths
+from .environment import setup_environment
 from .errors import FtcError
 
 
-def setup_environment(offline: bool) -> None:
-    """Project-local HF cache; offline experiments never reach a hub. Must run before HF libraries import."""
-    os.environ.setdefault("HF_HOME", str(paths.HF_HOME))
-    if offline:
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-            os.environ.setdefault(var, "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+def _report():
+    """The report stage (its add_arguments / run). The one place that names its module."""
+    from . import analyze
+
+    return analyze
 
 
 def add_run_identity(p: argparse.ArgumentParser, method_help: str = "configs/methods/<name>.yaml") -> None:
@@ -64,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method")
     p.add_argument("--eval", action="store_true", help="evaluation settings -> evaluation_results/<exp>/eval_settings.json")
     p.add_argument("overrides", nargs="*")
+
+    p = sub.add_parser("evaluate", help="evaluate one model variant with lm-eval (fixed paths under evaluation_results/)")
+    add_run_identity(p, method_help="base (the untuned model) or a method: configs/methods/<name>.yaml")
+    p.add_argument("--variant", default="merged", help="merged (<run>/merged/) or adapter (<run>/final/ on its base)")
+    p.add_argument("--tasks", help="comma-separated task names (default: the experiment's evaluation.tasks)")
+    p.add_argument("--limit", type=int, help="first N documents of every task (overrides evaluation.limit)")
+    p.add_argument("--batch-size", type=int, help="overrides evaluation.batch_size")
+    p.add_argument("--force", action="store_true", help="re-evaluate even if results.json matches the settings")
+
+    p = sub.add_parser("analyze", help="analyze results: checked tables, figures and models_evaluation_record.md")
+    _report().add_arguments(p)
 
     p = sub.add_parser("list", help="print names for the Makefile")
     p.add_argument("what", choices=["models", "methods", "adapter-methods", "tasks", "variants", "all-models",
@@ -151,27 +166,33 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    _experiment(args.experiment)  # before transformers / lm_eval are imported
+    from .evaluate import evaluate_variant
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    return evaluate_variant(args.experiment, args.model, args.method, args.variant, tasks, args.limit,
+                            args.batch_size, args.force)
+
+
+def cmd_analyze(args) -> int:
+    return _report().run(args.experiment, args.allow_missing)
+
+
 COMMANDS = {"prepare-base": cmd_prepare_base, "train": cmd_train, "merge": cmd_merge, "resolve": cmd_resolve,
-            "list": cmd_list}
+            "list": cmd_list, "evaluate": cmd_evaluate, "analyze": cmd_analyze}
 
-
-def register(name: str, parser_fn, command_fn) -> None:
-    """Later stages (evaluate, analyze) add their sub-command here."""
-    EXTRA.append((name, parser_fn, command_fn))
-
-
+# Transitional: analyze.py (being replaced by the report package) still calls cli.register when imported.
+# Nothing reads EXTRA; delete both with analyze.py.
 EXTRA: list = []
 
 
+def register(name: str, parser_fn, command_fn) -> None:
+    EXTRA.append((name, parser_fn, command_fn))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    from . import analyze as _analyze  # noqa: F401  (registers `analyze`; imports no ML library)
-    from . import evaluate as _evaluate  # noqa: F401  (registers `evaluate`; imports no ML library)
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name, parser_fn, command_fn in EXTRA:
-        parser_fn(sub.add_parser(name, help=(command_fn.__doc__ or "").strip().splitlines()[0] if command_fn.__doc__ else None))
-        COMMANDS[name] = command_fn
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except FtcError as e:

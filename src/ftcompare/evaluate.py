@@ -29,7 +29,6 @@ Outputs, at fixed paths (paths.eval_dir):
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.metadata
 import json
@@ -40,10 +39,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cli, config, paths
+from . import config, paths
 from .errors import FtcError
 from .io import atomic_write_json, atomic_write_text, read_json
 from .manifest import manifest, now
+from .sourcehash import closure_hash
 
 VARIANTS = ("merged", "adapter")
 
@@ -98,6 +98,8 @@ class EvalPlan:
             "batch_size": self.batch_size, "max_batch_size": self.max_batch_size,
             "bootstrap_iters": self.bootstrap_iters, "seed": self.seed, "dtype": self.dtype,
             "include_defaults": self.include_defaults, "task_files_sha256": task_files_hash(self.include_path),
+            # the package code the task files may call: ftcompare.task_data and all it imports
+            "task_code_sha256": closure_hash("task_data") if self.include_path else None,
             "lm_eval_version": _version("lm_eval"), "model_fingerprint": self.model_fingerprint,
         }
         if self.chat or self.generation_tasks:  # (absent otherwise: earlier results keep their hash)
@@ -115,11 +117,9 @@ class EvalPlan:
 
 
 def chat_code_hash() -> str:
-    """sha256 of the code that renders chat prompts and runs/scores generation (chat.py, chat_eval.py)."""
-    h = hashlib.sha256()
-    for name in ("chat.py", "chat_eval.py"):
-        h.update(name.encode() + b"\0" + Path(__file__).with_name(name).read_bytes() + b"\1")
-    return h.hexdigest()[:16]
+    """sha256 of the code that renders chat prompts and runs/scores generation: chat_eval.py and every
+    ftcompare module it imports (chat.py, data.py, ...)."""
+    return closure_hash("chat_eval")
 
 
 def _version(dist: str) -> str | None:
@@ -130,14 +130,13 @@ def _version(dist: str) -> str | None:
 
 
 def task_files_hash(include_path: str | None) -> str | None:
-    """sha256 over our task YAMLs and utils.py files, and ftcompare/data.py (the HellaSwag carving the
-    tasks import): editing either invalidates results."""
+    """sha256 over our task YAMLs and utils.py files: editing one invalidates results."""
     if not include_path:
         return None
     root = Path(include_path)
     files = sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml", ".py") and "__pycache__" not in p.parts)
     h = hashlib.sha256()
-    for f in [*files, Path(__file__).with_name("data.py")]:
+    for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\1")
     return h.hexdigest()[:16]
 
@@ -486,26 +485,14 @@ def _label(plan: EvalPlan) -> str:
     return f"{plan.experiment}/{plan.model}/" + ("base" if plan.method == "base" else f"{plan.method}-{plan.variant}")
 
 
-# --------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    cli.add_run_identity(p, method_help="base (the untuned model) or a method: configs/methods/<name>.yaml")
-    p.add_argument("--variant", default="merged", help="merged (<run>/merged/) or adapter (<run>/final/ on its base)")
-    p.add_argument("--tasks", help="comma-separated task names (default: the experiment's evaluation.tasks)")
-    p.add_argument("--limit", type=int, help="first N documents of every task (overrides evaluation.limit)")
-    p.add_argument("--batch-size", type=int, help="overrides evaluation.batch_size")
-    p.add_argument("--force", action="store_true", help="re-evaluate even if results.json matches the settings")
-
-
-def cmd_evaluate(args) -> int:
-    """evaluate one model variant with lm-eval (fixed paths under evaluation_results/)"""
-    exp = config.load("experiments", args.experiment)
-    cli.setup_environment(exp.offline)  # before transformers / lm_eval are imported
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    plan = build_plan(args.experiment, args.model, args.method, args.variant, tasks, args.limit, args.batch_size)
+def evaluate_variant(experiment: str, model: str, method: str, variant: str = "merged",
+                     tasks: list[str] | None = None, limit: int | None = None, batch_size: int | None = None,
+                     force: bool = False) -> int:
+    """The `evaluate` stage: plan, skip if results.json matches the settings (unless force), else run.
+    Call environment.setup_environment first (before transformers / lm_eval are imported)."""
+    plan = build_plan(experiment, model, method, variant, tasks, limit, batch_size)
     results = plan.out_dir / "results.json"
-    if not args.force and is_up_to_date(plan):
+    if not force and is_up_to_date(plan):
         os.utime(results)  # make: the target is up to date
         print(f"[evaluate] {_label(plan)} is up to date ({_rel(results)}, settings {plan.settings_hash()}); "
               "--force re-runs")
@@ -524,6 +511,3 @@ def cmd_evaluate(args) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0
-
-
-cli.register("evaluate", add_arguments, cmd_evaluate)

