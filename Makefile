@@ -42,8 +42,7 @@ RECORD  := $(if $(filter default,$(EXPERIMENT)),models_evaluation_record.md,resu
 
 TASK_FILES := $(wildcard lm-evaluation-harness/tasks/*/*.yaml lm-evaluation-harness/tasks/*/*.py)
 
-.PHONY: help setup all pipeline train merge evaluate report test test-fast bench clean-experiment FORCE
-FORCE:
+.PHONY: help setup all pipeline train merge evaluate report test test-fast bench clean-experiment
 
 help: ## show this help
 	@echo "ftcompare: make TARGET [EXPERIMENT=$(EXPERIMENT)] [MODELS=...] [METHODS=...] [TRAIN_ARGS=...]"
@@ -78,12 +77,27 @@ merge: $(MERGED) ## merge every trained adapter into a plain checkpoint
 evaluate: $(EVALS) ## evaluate the base model and every variant with lm-eval
 report: $(RECORD) ## analyze results: tables, figures, models_evaluation_record.md
 
-# Config stamps, rewritten only when the resolved config changes: editing a key re-runs exactly the
-# stages that depend on it (a run's resolved.json; the experiment's eval_settings.json).
-models/$(EXPERIMENT)/%/resolved.json: FORCE | $(SETUP)
+# Config stamps (a run's resolved.json; the experiment's eval_settings.json), rewritten only when the
+# resolved config changes: editing a key re-runs exactly the stages that depend on it. They are brought up to
+# date while make reads this file, before it plans, so `make -n` / `make -q` see a config change too (the
+# stamps are the one thing even `make -n` writes). A bad config or TRAIN_ARGS stops make with one line.
+PIPELINE_GOALS := all pipeline train merge evaluate report
+ifneq ($(and $(wildcard $(PY)),$(RUNS),$(filter $(PIPELINE_GOALS) models/% evaluation_results/% results/% \
+                                                  models_evaluation_record.md,$(MAKECMDGOALS))),)
+ifeq ($(filter all,$(MAKECMDGOALS)),)   # `all` re-reads this file (sub-make pipeline): stamp there, once
+STAMPED := $(shell $(PY) -m ftcompare resolve --experiment $(EXPERIMENT) --eval $(foreach r,$(RUNS),--run $(r)) \
+                   $(TRAIN_ARGS) >&2 || echo failed)
+ifneq ($(STAMPED),)
+$(error the config stamps could not be written: fix the config (the line above says what is wrong))
+endif
+endif
+endif
+
+# (a stamp is missing only when the venv did not exist yet when make read this file)
+models/$(EXPERIMENT)/%/resolved.json: | $(SETUP)
 	@$(PY) -m ftcompare resolve --model $(*D) --method $(*F) $(TRAIN_ARGS)
 
-evaluation_results/$(EXPERIMENT)/eval_settings.json: FORCE | $(SETUP)
+evaluation_results/$(EXPERIMENT)/eval_settings.json: | $(SETUP)
 	@$(PY) -m ftcompare resolve --eval
 
 EVAL_DEPS := evaluation_results/$(EXPERIMENT)/eval_settings.json $(TASK_FILES)
@@ -104,8 +118,7 @@ evaluation_results/$(EXPERIMENT)/%-merged/results.json: models/$(EXPERIMENT)/%/m
 evaluation_results/$(EXPERIMENT)/%-adapter/results.json: models/$(EXPERIMENT)/%/merged/merge_manifest.json $(EVAL_DEPS)
 	bash scripts/evaluate_models.sh $(*D) $(*F) adapter $(EVAL_ARGS)
 
-ANALYZER := analyze_results.py $(wildcard src/ftcompare/analyze.py src/ftcompare/stats.py src/ftcompare/figures.py \
-            src/ftcompare/templates/*)
+ANALYZER := analyze_results.py $(wildcard src/ftcompare/*.py src/ftcompare/report/*.py src/ftcompare/templates/*)
 
 $(RECORD): $(EVALS) $(TRAINED) $(ANALYZER)
 	$(PY) analyze_results.py --experiment $(EXPERIMENT)

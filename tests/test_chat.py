@@ -222,25 +222,25 @@ def test_added_chatml_tokens_are_trained_and_merged(project, tmp_path, method):
     new_ids = [tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>")]
     assert new_ids == [len(tok) - 2, len(tok) - 1]
     final = res.output_dir / "final"
-    if method == "full":
-        trained = AutoModelForCausalLM.from_pretrained(final)
-        assert trained.get_input_embeddings().weight.shape[0] == len(tok)
-        return
-    cfg = json.loads((final / "adapter_config.json").read_text())
-    assert cfg["trainable_token_indices"] == {"embed_tokens": new_ids}
     merged = AutoModelForCausalLM.from_pretrained(merge(run)).eval()
     assert merged.get_input_embeddings().weight.shape[0] == len(tok)
-    base = load_base(run.model, run.method)
-    align_vocab(base, tok)
-    adapter = PeftModel.from_pretrained(base, str(final)).eval()
+    if method == "full":  # every weight trained: the merged checkpoint is the trained model itself
+        assert not (final / "adapter_config.json").exists()
+        trained = AutoModelForCausalLM.from_pretrained(final).eval()
+    else:
+        cfg = json.loads((final / "adapter_config.json").read_text())
+        assert cfg["trainable_token_indices"] == {"embed_tokens": new_ids}
+        base = load_base(run.model, run.method)
+        align_vocab(base, tok)
+        trained = PeftModel.from_pretrained(base, str(final)).eval()
     ids = tok(chat.render(tok, [{"role": "user", "content": "hi"}], add_generation_prompt=True),
               add_special_tokens=False, return_tensors="pt").input_ids
     with torch.no_grad():
-        a, m = adapter(input_ids=ids).logits, merged(input_ids=ids).logits
+        a, m = trained(input_ids=ids).logits, merged(input_ids=ids).logits
     assert (a - m).abs().max().item() <= 1e-4
-    # the new rows moved away from their initial (mean) values: they were trained
+    # the new rows moved away from the rows training started from (grown with the training seed): trained
     fresh = load_base(run.model)
-    align_vocab(fresh, tok)
+    align_vocab(fresh, tok, run.train.seed)
     moved = (merged.get_input_embeddings().weight[new_ids] - fresh.get_input_embeddings().weight[new_ids]).abs().max()
     assert moved > 1e-4
 

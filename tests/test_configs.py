@@ -9,13 +9,31 @@ from ftcompare.errors import ConfigError
 from conftest import ROOT
 
 
+def _differences(written, loaded, where: str) -> list[str]:
+    """Where a loaded config does not hold what its YAML says (every YAML key, recursively)."""
+    if isinstance(written, dict):
+        if not isinstance(loaded, dict):
+            return [f"{where}: a section in the YAML, {type(loaded).__name__} when loaded"]
+        return [d for k, v in written.items()
+                for d in (_differences(v, loaded[k], f"{where}.{k}") if k in loaded else [f"{where}.{k}: dropped"])]
+    if isinstance(written, (list, tuple)) and isinstance(loaded, (list, tuple)):
+        return [] if list(written) == list(loaded) else [f"{where}: {written!r} loaded as {loaded!r}"]
+    same = written == loaded and (isinstance(written, bool) == isinstance(loaded, bool))
+    return [] if same else [f"{where}: {written!r} loaded as {loaded!r}"]
+
+
 @pytest.mark.parametrize("kind", sorted(config.KINDS))
 def test_every_config_parses(kind):
+    """Every file loads into its typed config, which holds every value the file sets."""
+    import dataclasses
+
     names = config.available(kind)
     assert names, f"no configs in configs/{kind}/"
     for name in names:
         cfg = config.load(kind, name)
-        assert cfg is not None
+        assert type(cfg) is config.KINDS[kind]
+        written = yaml.safe_load((ROOT / "configs" / kind / f"{name}.yaml").read_text())
+        assert _differences(written, dataclasses.asdict(cfg), f"configs/{kind}/{name}.yaml") == []
 
 
 def test_every_experiment_resolves_every_run():
@@ -27,11 +45,51 @@ def test_every_experiment_resolves_every_run():
             assert len(run.hash()) == 16
 
 
-def test_accelerate_configs_parse():
+def accelerate_config_problems(path) -> list[str]:
+    """What accelerate itself rejects or would silently ignore in a launch config: its own loader
+    (ClusterConfig: unknown top-level keys, unknown distributed_type / compute_environment), the precision
+    enum, and each fsdp_config / deepspeed_config key against `accelerate launch`'s own options (accelerate
+    copies those sections onto its launch arguments without checking their names)."""
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+    from accelerate.utils import PrecisionType
+
+    try:
+        cfg = load_config_from_file(str(path))
+    except (ValueError, TypeError) as e:
+        return [f"{path.name}: {e}"]
+    problems = [] if isinstance(cfg, ClusterConfig) else [f"{path.name}: not a local cluster config"]
+    try:
+        PrecisionType(cfg.mixed_precision)
+    except ValueError as e:
+        problems.append(f"{path.name}: {e}")
+    options = {a.dest for a in launch_command_parser()._actions}
+    for section in ("fsdp_config", "deepspeed_config"):
+        for key in getattr(cfg, section) or {}:
+            name = key if section != "fsdp_config" or key.startswith("fsdp_") else f"fsdp_{key}"
+            if name not in options:
+                problems.append(f"{path.name}: {section}.{key} is not an accelerate launch option")
+    return problems
+
+
+def test_accelerate_configs_load_with_accelerate():
     files = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
     assert {f.stem for f in files} >= {"ddp", "fsdp", "zero3", "cpu"}
-    for f in files:
-        assert isinstance(yaml.safe_load(f.read_text()), dict)
+    assert [p for f in files for p in accelerate_config_problems(f)] == []
+
+
+@pytest.mark.parametrize("edit", [("num_procesess: 8", "a misspelled top-level key"),
+                                  ("distributed_type: FSPD", "an unknown distributed type"),
+                                  ("mixed_precision: bf61", "an unknown precision"),
+                                  ("fsdp_config:\n  fsdp_offload_parms: true", "a misspelled fsdp key"),
+                                  ("deepspeed_config:\n  zero_stgae: 3", "a misspelled deepspeed key")])
+def test_accelerate_config_check_catches(tmp_path, edit):
+    text, what = edit
+    base = yaml.safe_load((ROOT / "configs" / "accelerate" / "fsdp.yaml").read_text())
+    base.update(yaml.safe_load(text))
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(base))
+    assert accelerate_config_problems(f), what
 
 
 @pytest.mark.parametrize("exp_name", config.available("experiments"))

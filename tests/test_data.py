@@ -84,3 +84,34 @@ def test_row_without_expected_fields_names_row_and_field():
     with pytest.raises(FtcError, match=r"row 1: missing field\(s\) endings"):
         data._hellaswag_examples([{"activity_label": "a", "ctx_a": "b", "ctx_b": "c", "endings": ["x"], "label": "0"},
                                   {"activity_label": "a", "ctx_a": "b", "ctx_b": "c", "label": "0"}], "test data")
+
+
+def _reference_batch(features, pad_id):
+    """The hand-written collator this project used before transformers' DataCollatorForSeq2Seq: right-pad
+    input_ids with the pad id and labels with -100; mask 1 on the tokens, 0 on the padding."""
+    n = max(len(f["input_ids"]) for f in features)
+    return {"input_ids": [f["input_ids"] + [pad_id] * (n - len(f["input_ids"])) for f in features],
+            "labels": [f["labels"] + [-100] * (n - len(f["labels"])) for f in features],
+            "attention_mask": [[1] * len(f["input_ids"]) + [0] * (n - len(f["input_ids"])) for f in features]}
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_collator_right_pads_as_before(tiny_model_dir, padding_side):
+    """Training batches: right-padded (whatever the tokenizer's own side, which stays as it was), -100 labels."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.padding_side = padding_side
+    examples = [{"id": str(i), "prompt": p, "completion": c} for i, (p, c) in
+                enumerate([("A man is", " running."), ("Two dogs play in the park and", " then sleep for a while."),
+                           ("She", " sings.")])]
+    ds = data.tokenize_completion(examples, tok, max_length=64)
+    features = [ds[i] for i in range(len(ds))]
+    assert len({len(f["input_ids"]) for f in features}) == 3  # padding happens
+    batch = data.collator(tok)(features)
+    want = _reference_batch(features, tok.pad_token_id)
+    assert set(batch) == set(want)
+    for key in want:
+        assert batch[key].dtype == torch.int64 and batch[key].tolist() == want[key], key
+    assert tok.padding_side == padding_side

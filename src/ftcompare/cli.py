@@ -3,7 +3,7 @@
   prepare-base --model 135m                                   convert a packaged GGUF once
   train   --experiment default --model 135m --method lora [section.key=value ...]
   merge   --experiment default --model 135m --method lora [section.key=value ...]
-  resolve --experiment default --model 135m --method lora    (write-if-changed config stamps for make)
+  resolve --experiment default --eval --run 135m/lora ...   (write-if-changed config stamps for make)
   list    models|methods|tasks|variants --experiment default  (for the Makefile)
   evaluate --experiment default --model 135m --method lora --variant merged   (see ftcompare.evaluate)
   analyze [--experiment default] [--allow-missing]            tables, figures, the record
@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"))
     p.add_argument("--model")
     p.add_argument("--method")
+    p.add_argument("--run", action="append", default=[], metavar="MODEL/METHOD",
+                   help="a run's resolved config (repeatable; what make does for every run before it plans)")
     p.add_argument("--eval", action="store_true", help="evaluation settings -> evaluation_results/<exp>/eval_settings.json")
     p.add_argument("overrides", nargs="*")
 
@@ -134,19 +136,29 @@ def cmd_resolve(args) -> int:
 
     from .io import write_if_changed
 
+    outputs: list[tuple] = []
     if args.eval:
         exp = config.load("experiments", args.experiment)
         settings = dataclasses.asdict(exp.evaluation)
-        out = paths.EVAL_RESULTS / exp.name / "eval_settings.json"
-        text = json.dumps({"config_hash": config.config_hash(settings), "evaluation": settings}, indent=2) + "\n"
-    else:
+        outputs.append((paths.EVAL_RESULTS / exp.name / "eval_settings.json",
+                        json.dumps({"config_hash": config.config_hash(settings), "evaluation": settings}, indent=2) + "\n"))
+    runs = [tuple(r.split("/", 1)) for r in args.run]
+    if args.model or args.method:
         if not (args.model and args.method):
-            raise FtcError("resolve needs --model and --method (or --eval)")
-        run = _resolve(args)
-        out = paths.run_dir(run.experiment, run.model.alias, run.method.name) / "resolved.json"
-        text = json.dumps({"config_hash": run.hash(), "config": run.to_dict()}, indent=2) + "\n"
-    if write_if_changed(out, text):
-        print(f"[resolve] {out.relative_to(paths.ROOT)} changed")
+            raise FtcError("resolve needs --model and --method together")
+        runs.append((args.model, args.method))
+    if not (runs or args.eval):
+        raise FtcError("resolve needs --model and --method, --run MODEL/METHOD, or --eval")
+    for r in runs:
+        if len(r) != 2:
+            raise FtcError(f"--run {'/'.join(r)}: expected MODEL/METHOD (e.g. 135m/lora)")
+        _experiment(args.experiment)
+        run = config.resolve_run(args.experiment, r[0], r[1], config.parse_overrides(args.overrides))
+        outputs.append((paths.run_dir(run.experiment, run.model.alias, run.method.name) / "resolved.json",
+                        json.dumps({"config_hash": run.hash(), "config": run.to_dict()}, indent=2) + "\n"))
+    for out, text in outputs:
+        if write_if_changed(out, text):
+            print(f"[resolve] {out.relative_to(paths.ROOT)} changed", file=sys.stderr)
     return 0
 
 

@@ -324,17 +324,14 @@ def tokenize_completion(examples: list[Example], tokenizer, max_length: int, whe
     return datasets.Dataset.from_dict(rows)
 
 
-class PadCollator:
-    """Right-pads input_ids (pad id), labels (-100) and builds the attention mask."""
+def collator(tokenizer):
+    """Batches for training: input_ids right-padded with the pad id, labels with -100, the attention mask
+    (transformers' DataCollatorForSeq2Seq). Always right-padded, whatever the tokenizer's own padding side:
+    the padding is on a copy, so the tokenizer saved with the model keeps its setting."""
+    import copy
 
-    def __init__(self, pad_token_id: int):
-        self.pad = pad_token_id
+    from transformers import DataCollatorForSeq2Seq
 
-    def __call__(self, features):
-        import torch
-
-        n = max(len(f["input_ids"]) for f in features)
-        ids = [f["input_ids"] + [self.pad] * (n - len(f["input_ids"])) for f in features]
-        labels = [f["labels"] + [-100] * (n - len(f["labels"])) for f in features]
-        mask = [[1] * len(f["input_ids"]) + [0] * (n - len(f["input_ids"])) for f in features]
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+    right = copy.copy(tokenizer)
+    right.padding_side = "right"
+    return DataCollatorForSeq2Seq(right, label_pad_token_id=-100, padding="longest", return_tensors="pt")

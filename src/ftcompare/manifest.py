@@ -9,7 +9,7 @@ import subprocess
 
 from . import paths
 
-PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "lm_eval", "datasets")
+PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "lm_eval", "datasets")
 
 
 def git_state() -> dict:

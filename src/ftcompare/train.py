@@ -216,7 +216,7 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         args=_training_args(run, out, run.train.max_steps),
         train_dataset=train_ds,
         eval_dataset=val_ds,
-        data_collator=data_mod.PadCollator(tokenizer.pad_token_id),
+        data_collator=data_mod.collator(tokenizer),
         processing_class=tokenizer,
         callbacks=[_step_logger(log_path, session)],
     )
