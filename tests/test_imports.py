@@ -171,3 +171,21 @@ def test_tasks_reach_the_package_only_through_task_data():
                     if a.name.split(".")[0] == "ftcompare":
                         used[f.relative_to(TASKS).as_posix()] = a.name
     assert used and set(used.values()) == {"ftcompare.task_data"}, used
+
+
+def test_evaluation_settings_hash_the_code_tasks_reach():
+    """What the task files import of the package (task_data and everything it imports) is in the settings
+    hash: editing e.g. data.py (the HellaSwag carving) or modeling.py (the chat tokenizer) re-runs evaluations."""
+    from ftcompare import sourcehash
+
+    reached = set(sourcehash.closure("task_data"))
+    assert {"task_data", "data", "assets", "chat", "chat_eval", "modeling", "config"} <= reached
+    assert "train" not in reached and "cli" not in reached
+    g = graph(PACKAGE)
+    todo, seen = ["task_data"], set()
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += g[m]
+    assert reached == seen
