@@ -149,10 +149,11 @@ def cmd_resolve(args) -> int:
         runs.append((args.model, args.method))
     if not (runs or args.eval):
         raise FtcError("resolve needs --model and --method, --run MODEL/METHOD, or --eval")
+    if runs:
+        _experiment(args.experiment)
     for r in runs:
         if len(r) != 2:
             raise FtcError(f"--run {'/'.join(r)}: expected MODEL/METHOD (e.g. 135m/lora)")
-        _experiment(args.experiment)
         run = config.resolve_run(args.experiment, r[0], r[1], config.parse_overrides(args.overrides))
         outputs.append((paths.run_dir(run.experiment, run.model.alias, run.method.name) / "resolved.json",
                         json.dumps({"config_hash": run.hash(), "config": run.to_dict()}, indent=2) + "\n"))
