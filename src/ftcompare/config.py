@@ -154,6 +154,9 @@ class TrainConfig:
     save_total_limit: int = 2        # keep the last K checkpoints
     num_threads: int | None = None   # torch CPU threads; None = all cores
     dataloader_num_workers: int = 0
+    # flatten each micro-batch into one row, position ids restarting per example (no pad tokens, no
+    # cross-example attention: transformers' DataCollatorWithFlattening); the loss is the padded batch's
+    padding_free: bool = False
 
     def __post_init__(self):
         for key in ("max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
