@@ -110,3 +110,10 @@ def test_project_tasks_match_stock(lms, tiny_model_dir):
             assert max(abs(x - y) for x, y in zip(ls, lf)) < 1e-4, (task, s["doc_id"], ls, lf)
             for metric in [m for m in ("acc", "acc_norm") if m in s]:
                 assert s[metric] == f[metric], (task, s["doc_id"], metric, json.dumps(ls), json.dumps(lf))
+    # generation: the 8-shot GSM8K CoT prompts share their ~730-token prefix; same texts as stock
+    gen = {}
+    for name, lm in (("stock", stock), ("fast", fast)):
+        r = lm_eval.simple_evaluate(model=lm, tasks=["ftc_gsm8k_cot"], limit=3, log_samples=True, task_manager=tm,
+                                    bootstrap_iters=0, gen_kwargs="max_gen_toks=40", random_seed=1)
+        gen[name] = [(s["resps"], s["exact_match"]) for s in r["samples"]["ftc_gsm8k_cot"]]
+    assert gen["stock"] == gen["fast"]
