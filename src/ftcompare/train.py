@@ -121,7 +121,7 @@ def _training_args(run: RunConfig, out: Path, max_steps: int):
         data_seed=t.seed,
         bf16=t.bf16,
         # QLoRA's checkpointing is enabled by peft's prepare_model_for_kbit_training (modeling.py)
-        activation_checkpointing=t.gradient_checkpointing and run.method.quantization is None,
+        activation_checkpointing=t.gradient_checkpointing,  # every method alike (a speed setting, not a method)
         activation_checkpointing_kwargs={"use_reentrant": False},
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=t.dataloader_num_workers,
