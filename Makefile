@@ -133,8 +133,10 @@ test: $(SETUP) ## run the test suite (sets itself up; ~N min on 2 CPU cores)
 test-fast: $(SETUP) ## the test suite without the slow end-to-end tests
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
-bench: setup ## print training/evaluation throughput and memory numbers (bench/)
+BENCH_VARIANTS ?=
+bench: setup ## training tokens/s + memory per method; evaluation: stock lm_eval CLI vs ftcompare, same scores
 	$(PY) bench/bench.py
+	$(PY) bench/eval_bench.py --experiment $(EXPERIMENT) $(if $(BENCH_VARIANTS),--variants $(BENCH_VARIANTS))
 
 clean-experiment: ## delete the trained models and evaluations of $(EXPERIMENT) (keeps base models)
 	rm -rf models/$(EXPERIMENT) evaluation_results/$(EXPERIMENT)

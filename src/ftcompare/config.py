@@ -154,6 +154,9 @@ class TrainConfig:
     save_total_limit: int = 2        # keep the last K checkpoints
     num_threads: int | None = None   # torch CPU threads; None = all cores
     dataloader_num_workers: int = 0
+    # flatten each micro-batch into one row, position ids restarting per example (no pad tokens, no
+    # cross-example attention: transformers' DataCollatorWithFlattening); the loss is the padded batch's
+    padding_free: bool = False
 
     def __post_init__(self):
         for key in ("max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
@@ -206,6 +209,10 @@ class EvalConfig:
     limit: dict[str, int] = field(default_factory=dict)         # task -> first n documents (absent: all)
     batch_size: int = 8
     max_batch_size: int | None = None
+    # ftc-hf: ftcompare.fastlm (each context scored once, shared few-shot prefix; same scores, tested);
+    # hf: lm-eval's stock HFLM
+    lm_eval_model: str = "ftc-hf"
+    generation_batch_size: int | None = None   # rows per generate_until batch (None: batch_size)
     include_path: str | None = "lm-evaluation-harness/tasks"    # None: upstream tasks only (needs network)
     include_defaults: bool = False   # also index lm-eval's 14k built-in tasks (~16 s); needed for upstream names
     bootstrap_iters: int = 1000
@@ -223,6 +230,9 @@ class EvalConfig:
                 raise ConfigError(f"evaluation: '{t}' has a num_fewshot/limit but is not in tasks {self.tasks}")
         for v in self.variants:
             _choice("evaluation.variants", v, ("merged", "adapter"))
+        _choice("evaluation.lm_eval_model", self.lm_eval_model, ("ftc-hf", "hf"))
+        if self.generation_batch_size is not None and self.generation_batch_size <= 0:
+            raise ConfigError(f"evaluation.generation_batch_size must be > 0 (got {self.generation_batch_size})")
 
 
 @dataclass

@@ -60,6 +60,8 @@ class EvalPlan:
     limit: dict[str, int | None]        # None: every document
     batch_size: int
     max_batch_size: int | None
+    lm_eval_model: str               # ftc-hf (ftcompare.fastlm) | hf (stock HFLM)
+    generation_batch_size: int | None
     bootstrap_iters: int
     seed: int
     include_path: str | None         # absolute, or None (upstream tasks only)
@@ -96,6 +98,7 @@ class EvalPlan:
             "experiment": self.experiment, "model": self.model, "method": self.method, "variant": self.variant,
             "tasks": self.tasks, "num_fewshot": self.num_fewshot, "limit": self.limit,
             "batch_size": self.batch_size, "max_batch_size": self.max_batch_size,
+            "lm_eval_model": self.lm_eval_model, "generation_batch_size": self.generation_batch_size,
             "bootstrap_iters": self.bootstrap_iters, "seed": self.seed, "dtype": self.dtype,
             "include_defaults": self.include_defaults, "task_files_sha256": task_files_hash(self.include_path),
             # the package code the task files may call: ftcompare.task_data and all it imports
@@ -258,6 +261,7 @@ def build_plan(experiment: str, model: str, method: str, variant: str = "merged"
         limit={t: limit if limit is not None else (generation.n_prompts if t in gen_names else ev.limit.get(t))
                for t in tasks},
         batch_size=batch_size or ev.batch_size, max_batch_size=ev.max_batch_size,
+        lm_eval_model=ev.lm_eval_model, generation_batch_size=ev.generation_batch_size,
         bootstrap_iters=ev.bootstrap_iters, seed=ev.seed, include_path=include_path,
         include_defaults=ev.include_defaults, model_cfg=run.model if run else model_cfg,
         run=run, model_path=model_path, adapter_path=adapter_path, quantized_base=quantized, dtype=dtype,
@@ -431,8 +435,14 @@ def run(plan: EvalPlan) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").unlink(missing_ok=True)  # from here on, an old result no longer describes the files
     model, tokenizer, how = load_model(plan)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=plan.batch_size,
-              **({"max_batch_size": plan.max_batch_size} if plan.max_batch_size else {}))
+    kw = {"max_batch_size": plan.max_batch_size} if plan.max_batch_size else {}
+    if plan.lm_eval_model == "ftc-hf":
+        from .fastlm import FtcHF
+
+        lm = FtcHF(pretrained=model, tokenizer=tokenizer, batch_size=plan.batch_size,
+                   generation_batch_size=plan.generation_batch_size, **kw)
+    else:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=plan.batch_size, **kw)
     load_s = time.time() - t0
 
     per_task, seconds = {}, {}
@@ -455,7 +465,8 @@ def run(plan: EvalPlan) -> dict:
         "model_path": _rel(plan.model_path), "adapter_path": _rel(plan.adapter_path) if plan.adapter_path else None,
         "loaded": how, "tasks": plan.tasks, "num_fewshot": {t: results["n-shot"].get(t) for t in plan.tasks},
         "limit": plan.limit, "n": n, "n_available": {t: results["n-samples"][t]["original"] for t in plan.tasks},
-        "batch_size": plan.batch_size, "max_batch_size": plan.max_batch_size, "dtype": plan.dtype, "seed": plan.seed,
+        "batch_size": plan.batch_size, "max_batch_size": plan.max_batch_size,
+        "lm_eval_model": plan.lm_eval_model, "generation_batch_size": plan.generation_batch_size, "dtype": plan.dtype, "seed": plan.seed,
         "bootstrap_iters": plan.bootstrap_iters, "lm_eval_version": _version("lm_eval"),
         "include_path": _rel(plan.include_path) if plan.include_path else None, "include_defaults": plan.include_defaults,
         "run_config_hash": plan.run_config_hash, "train_config_hash": plan.train_config_hash,

@@ -88,19 +88,21 @@ def align_vocab(model, tokenizer, seed: int = 0) -> list[int]:
     return list(range(old, len(tokenizer)))
 
 
-def load_base(model: ModelConfig, method: MethodConfig | None = None, path: str | None = None):
-    """The untuned model in the model's dtype, or 4-bit quantized when the method asks for it."""
+def load_base(model: ModelConfig, method: MethodConfig | None = None, path: str | None = None, dtype: str | None = None):
+    """The untuned model in the model's dtype (or `dtype`), its linear layers 4-bit quantized when the method
+    asks for it. The parameters that stay unquantized (norms, embeddings) keep the same dtype either way, so
+    LoRA and QLoRA differ only in the quantized linear weights (the precision policy)."""
     from transformers import AutoModelForCausalLM
 
     src = path or base_model_path(model)
     _check_local_weights(src)
-    kwargs = dict(dtype=torch_dtype(model.dtype), trust_remote_code=model.trust_remote_code, use_safetensors=True)
+    kwargs = dict(dtype=torch_dtype(dtype or model.dtype), trust_remote_code=model.trust_remote_code,
+                  use_safetensors=True)
     if path is None and model.source == "hub" and model.revision:
         kwargs["revision"] = model.revision
     if method is not None and method.quantization is not None:
         kwargs["quantization_config"] = bnb_config(method)
         kwargs["device_map"] = device_map_for(method)
-        kwargs["dtype"] = torch_dtype(method.quantization.compute_dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     except OSError as e:
@@ -143,15 +145,18 @@ def build_for_training(run: RunConfig, tokenizer=None):
     from transformers import set_seed
 
     set_seed(run.train.seed)
-    model = load_base(run.model, run.method)
+    # Precision policy, one rule for every method: trainable parameters live in fp32 (master weights; the
+    # Trainer's bf16=True runs the compute in bf16 autocast); frozen weights stay in the model's dtype (bf16 on
+    # GPUs) or NF4. So full fine-tuning loads fp32 weights (bf16 weights would swallow updates below their
+    # resolution: 2^-8 at 1.0), LoRA/QLoRA adapters are fp32 (peft's default), and no method-specific cast runs:
+    # peft's prepare_model_for_kbit_training (QLoRA only) would cast QLoRA's frozen norms and embeddings to
+    # fp32 while LoRA's stay bf16, a difference that is not the method.
+    model = load_base(run.model, run.method, dtype=None if run.method.uses_adapter else "float32")
     model.config.use_cache = False
     new_ids = align_vocab(model, tokenizer, run.train.seed) if tokenizer is not None else []
     if run.method.uses_adapter:
-        from peft import get_peft_model, prepare_model_for_kbit_training
+        from peft import get_peft_model
 
-        if run.method.quantization is not None:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=run.train.gradient_checkpointing,
-                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
         set_seed(run.train.seed)
         missing = [m for m in (run.method.lora.target_modules or run.model.lora_target_modules)
                    if not any(n.endswith("." + m) for n, _ in model.named_modules())]

@@ -69,6 +69,9 @@ def _step_logger(log_path: Path, session: dict):
                 "grad_norm": logs.get("grad_norm"),
                 "tokens_seen": tokens,
                 "tokens_per_second": round((tokens - self.last_tokens) / max(t - self.last_time, 1e-9), 2),
+                # positions the model computed since the last line, padding included (= the real tokens when
+                # train.padding_free)
+                "tokens_processed": session["counter"].take() if "counter" in session else None,
                 "peak_memory_mb": round(peak_memory_mb(), 1),
                 "elapsed_s": round(t - session["t0"], 2),
             }
@@ -118,7 +121,7 @@ def _training_args(run: RunConfig, out: Path, max_steps: int):
         data_seed=t.seed,
         bf16=t.bf16,
         # QLoRA's checkpointing is enabled by peft's prepare_model_for_kbit_training (modeling.py)
-        activation_checkpointing=t.gradient_checkpointing and run.method.quantization is None,
+        activation_checkpointing=t.gradient_checkpointing,  # every method alike (a speed setting, not a method)
         activation_checkpointing_kwargs={"use_reentrant": False},
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=t.dataloader_num_workers,
@@ -129,6 +132,35 @@ def _training_args(run: RunConfig, out: Path, max_steps: int):
         save_only_model=False,
         disable_tqdm=False,
     )
+
+
+def _collator(run: RunConfig, tokenizer):
+    """Padded batches, or (train.padding_free) one flattened row per micro-batch with restarting position ids
+    and no attention mask, so that attention stays within each example (TOOLCHAIN.md: exact same per-token
+    log-probs; the Trainer must not pass use_cache=True or a mask, and it does not)."""
+    if run.train.padding_free:
+        from transformers import DataCollatorWithFlattening
+
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+    return data_mod.collator(tokenizer)
+
+
+class _PositionCounter:
+    """Counts the positions the model computes (input_ids.numel(), padding included), with a forward pre-hook:
+    exact whatever the dataloader prefetches."""
+
+    def __init__(self, model):
+        self.n = 0
+        model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            self.n += int(ids.numel())
+
+    def take(self) -> int | None:
+        n, self.n = self.n, 0
+        return n or None
 
 
 def _last_checkpoint(out: Path, config_hash: str) -> str | None:
@@ -210,13 +242,13 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
           f"({100 * trainable / total:.2f}%), {len(train_ds)} train / {len(val_ds)} val examples, "
           f"{run.train.max_steps} steps" + (f", resuming from {Path(resume).name}" if resume else ""), flush=True)
 
-    session = {"t0": time.time(), "tokens0": 0}
+    session = {"t0": time.time(), "tokens0": 0, "counter": _PositionCounter(model)}
     trainer = Trainer(
         model=model,
         args=_training_args(run, out, run.train.max_steps),
         train_dataset=train_ds,
         eval_dataset=val_ds,
-        data_collator=data_mod.collator(tokenizer),
+        data_collator=_collator(run, tokenizer),
         processing_class=tokenizer,
         callbacks=[_step_logger(log_path, session)],
     )
@@ -247,6 +279,8 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         "examples_seen": trainer.state.global_step * run.train.per_device_train_batch_size
         * run.train.gradient_accumulation_steps * trainer.args.world_size,
         "tokens_seen": tokens,
+        "tokens_processed": sum(s.get("tokens_processed") or 0 for s in steps) or None,  # padding included
+        "padding_free": run.train.padding_free,
         "wall_time_s": round(wall, 2),  # this session's training loop (a resumed run counts its last session)
         "tokens_per_second": round((tokens - session["tokens0"]) / wall, 2),
         "peak_memory_mb": round(peak_memory_mb(), 1),

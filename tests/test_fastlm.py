@@ -1,0 +1,119 @@
+"""ftc-hf (ftcompare.fastlm) returns what stock lm-eval HFLM returns: every log-likelihood within 1e-4, the
+same is-greedy flags, the same generations; on crafted requests and on the project's own lm-eval tasks."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def lms(tiny_model_dir):
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftcompare.fastlm import FtcHF
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    # a random tiny model is nearly uniform: sharpen it so that greedy continuations and near-ties exist
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    stock = HFLM(pretrained=model, tokenizer=tok, batch_size=4, max_length=64)
+    fast = FtcHF(pretrained=model, tokenizer=tok, batch_size=3, max_length=64, max_group_tokens=96)
+    return stock, fast, model, tok
+
+
+def _requests(model, vocab: int):
+    """Contexts shared by several continuations (as HellaSwag), one-token continuations (as MMLU), greedy
+    continuations (is_greedy True), and contexts longer than max_length (left truncation)."""
+    rng = random.Random(0)
+    reqs = []
+    for c in range(7):
+        ctx = [rng.randrange(3, vocab) for _ in range(rng.choice([1, 5, 17, 40, 63, 90]))]
+        conts = [[rng.randrange(3, vocab) for _ in range(rng.choice([1, 2, 6, 12]))] for _ in range(4)]
+        with torch.no_grad():  # the model's own greedy continuation of this context (is_greedy must be True)
+            ids = torch.tensor([ctx[-63:]])
+            greedy = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)[0, ids.shape[1]:]
+        conts.append(greedy.tolist())
+        conts.append([rng.randrange(3, vocab)])  # one-token continuation
+        reqs += [((f"c{c}", f"k{k}"), ctx, cont) for k, cont in enumerate(conts)]
+    rng.shuffle(reqs)
+    return reqs
+
+
+def test_loglikelihood_matches_stock(lms):
+    stock, fast, model, tok = lms
+    reqs = _requests(model, len(tok))
+    a = stock._loglikelihood_tokens(reqs, disable_tqdm=True)
+    b = fast._loglikelihood_tokens(reqs, disable_tqdm=True)
+    assert len(a) == len(b) == len(reqs)
+    diffs = [abs(x[0] - y[0]) for x, y in zip(a, b)]
+    assert max(diffs) < 1e-4, max(diffs)
+    assert [x[1] for x in a] == [y[1] for y in b]
+    assert sum(x[1] for x in a) >= 5  # greedy continuations recognised (truncated contexts may lose it)
+    assert len({round(x[0], 3) for x in a}) > len(reqs) // 2  # not a degenerate constant
+
+
+def test_generation_matches_stock(lms):
+    from lm_eval.api.instance import Instance
+
+    stock, fast, model, tok = lms
+    shots = "Q: the man walks to the store. A: he buys bread.\n\nQ: a woman is seen standing. A: she waves.\n\n"
+    questions = ["a dog runs in the park", "people are playing", "he is cutting the", "the camera pans",
+                 "she shows how to", "a boy rides"]
+    gen_kwargs = {"until": ["Q:", "\n\n"], "do_sample": False, "max_gen_toks": 24}
+    reqs = [Instance(request_type="generate_until", doc={}, arguments=(f"{shots}Q: {q}. A:", gen_kwargs), idx=0)
+            for q in questions]
+    a = stock.generate_until(reqs, disable_tqdm=True)
+    fast.generation_batch_size = 4
+    b = fast.generate_until(reqs, disable_tqdm=True)
+    assert a == b
+    assert any(len(x) > 0 for x in a)
+
+
+def test_project_tasks_match_stock(lms, tiny_model_dir):
+    """The default experiment's own tasks through lm_eval.simple_evaluate: same per-sample log-likelihoods
+    (1e-4), same acc / acc_norm / exact_match per item."""
+    import json
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from ftcompare import paths
+
+    from lm_eval.models.huggingface import HFLM
+
+    from ftcompare.fastlm import FtcHF
+
+    from transformers import AutoModelForCausalLM
+
+    _, _, _, tok = lms
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()  # not sharpened
+    stock = HFLM(pretrained=model, tokenizer=tok, batch_size=8, max_length=512)
+    fast = FtcHF(pretrained=model, tokenizer=tok, batch_size=8, max_length=512)
+    tm = TaskManager(include_path=str(paths.ROOT / "lm-evaluation-harness" / "tasks"), include_defaults=False)
+    tasks = {"ftc_hellaswag": 12, "ftc_mmlu_high_school_computer_science": 12}
+    for task, limit in tasks.items():
+        out = {}
+        for name, lm in (("stock", stock), ("fast", fast)):
+            r = lm_eval.simple_evaluate(model=lm, tasks=[task], limit=limit, log_samples=True, task_manager=tm,
+                                        bootstrap_iters=0, random_seed=1, numpy_random_seed=1, torch_random_seed=1,
+                                        fewshot_random_seed=1)
+            out[name] = r["samples"][task]
+        for s, f in zip(out["stock"], out["fast"], strict=True):
+            ls = [float(x[0][0]) for x in s["resps"]]
+            lf = [float(x[0][0]) for x in f["resps"]]
+            assert max(abs(x - y) for x, y in zip(ls, lf)) < 1e-4, (task, s["doc_id"], ls, lf)
+            for metric in [m for m in ("acc", "acc_norm") if m in s]:
+                assert s[metric] == f[metric], (task, s["doc_id"], metric, json.dumps(ls), json.dumps(lf))
+    # generation: the 8-shot GSM8K CoT prompts share their ~730-token prefix; same texts as stock
+    gen = {}
+    for name, lm in (("stock", stock), ("fast", fast)):
+        r = lm_eval.simple_evaluate(model=lm, tasks=["ftc_gsm8k_cot"], limit=3, log_samples=True, task_manager=tm,
+                                    bootstrap_iters=0, gen_kwargs="max_gen_toks=40", random_seed=1)
+        gen[name] = [(s["resps"], s["exact_match"]) for s in r["samples"]["ftc_gsm8k_cot"]]
+    assert gen["stock"] == gen["fast"]
