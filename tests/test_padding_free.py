@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import add_tiny_model_config
-from ftcompare import config, paths
+from ftcompare import config
 from ftcompare.train import train
 
 TINY = {"data.n_train": 16, "data.n_val": 8, "train.max_steps": 3, "train.per_device_train_batch_size": 4,
@@ -15,15 +15,10 @@ TINY = {"data.n_train": 16, "data.n_val": 8, "train.max_steps": 3, "train.per_de
 
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, tmp_path_factory):
-    import shutil
+    from conftest import copy_project, use_root
 
-    from conftest import ROOT
-
-    root = tmp_path_factory.mktemp("proj")
-    shutil.copytree(ROOT / "configs", root / "configs")
     mp = pytest.MonkeyPatch()
-    for attr, value in {"ROOT": root, "CONFIGS": root / "configs", "MODELS": root / "models"}.items():
-        mp.setattr(paths, attr, value)
+    root = use_root(mp, copy_project(tmp_path_factory.mktemp("proj")))
     alias = add_tiny_model_config(root, tiny_model_dir)
     out = {}
     for method in ("full", "lora"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import add_tiny_model_config
-from ftcompare import config, paths
+from ftcompare import config
 from ftcompare.modeling import build_for_training
 from ftcompare.train import train
 
@@ -20,15 +20,10 @@ BF16 = {"data.n_train": 16, "data.n_val": 8, "train.max_steps": 3, "train.per_de
 
 @pytest.fixture(scope="module")
 def root(tiny_model_dir, tmp_path_factory):
-    import shutil
+    from conftest import copy_project, use_root
 
-    from conftest import ROOT
-
-    root = tmp_path_factory.mktemp("proj")
-    shutil.copytree(ROOT / "configs", root / "configs")
     mp = pytest.MonkeyPatch()
-    for attr, value in {"ROOT": root, "CONFIGS": root / "configs", "MODELS": root / "models"}.items():
-        mp.setattr(paths, attr, value)
+    root = use_root(mp, copy_project(tmp_path_factory.mktemp("proj")))
     add_tiny_model_config(root, tiny_model_dir)
     yield root
     mp.undo()
