@@ -5,6 +5,8 @@
   merge   --experiment default --model 135m --method lora [section.key=value ...]
   resolve --experiment default --model 135m --method lora    (write-if-changed config stamps for make)
   list    models|methods|tasks|variants --experiment default  (for the Makefile)
+  search  --experiment default --model 135m --method lora --space lora [--storage URL]
+  search-args --model 135m --method full lora                 (SEARCH=... in make: overrides for one run)
 
 Errors the user can fix print one line `error: ...` and exit 2.
 """
@@ -64,6 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method")
     p.add_argument("--eval", action="store_true", help="evaluation settings -> evaluation_results/<exp>/eval_settings.json")
     p.add_argument("overrides", nargs="*")
+
+    p = sub.add_parser("search", help="successive-halving hyperparameter search (Optuna) -> results/search/<name>/")
+    p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"))
+    p.add_argument("--model", help="model alias (default: the space file's model)")
+    p.add_argument("--method", help="method (default: the space file's method)")
+    p.add_argument("--space", required=True, help="configs/search/<name>.yaml")
+    p.add_argument("--name", help="study and folder name (default: the space name); one search per method")
+    p.add_argument("--storage", help="Optuna storage URL shared by several workers (default: sqlite under "
+                   "results/search/<name>/)")
+
+    p = sub.add_parser("search-args", help="print the overrides that searches give one (model, method) run")
+    p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"))
+    p.add_argument("--model", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("names", nargs="+", help="search names (results/search/<name>/best_overrides.yaml)")
 
     p = sub.add_parser("list", help="print names for the Makefile")
     p.add_argument("what", choices=["models", "methods", "adapter-methods", "tasks", "variants", "all-models",
@@ -151,8 +168,24 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    _experiment(args.experiment)
+    from .search import search
+
+    out = search(args.experiment, args.model, args.method, args.space, storage=args.storage, name=args.name)
+    print(f"[search] results: {out.relative_to(paths.ROOT) if out.is_relative_to(paths.ROOT) else out}")
+    return 0
+
+
+def cmd_search_args(args) -> int:
+    from .search_report import overrides_for
+
+    print(" ".join(overrides_for(args.names, args.experiment, args.model, args.method)))
+    return 0
+
+
 COMMANDS = {"prepare-base": cmd_prepare_base, "train": cmd_train, "merge": cmd_merge, "resolve": cmd_resolve,
-            "list": cmd_list}
+            "list": cmd_list, "search": cmd_search, "search-args": cmd_search_args}
 
 
 def register(name: str, parser_fn, command_fn) -> None:
