@@ -158,6 +158,31 @@ def test_killed_search_resumes_with_finished_trials_intact(proj, capsys):
     assert summary["time"]["sessions"] == 2
 
 
+def test_two_workers_share_one_study(proj, tmp_path):
+    """Two processes on one --storage URL (the scale-out path): every configuration runs exactly once."""
+    env = {**os.environ, "FTCOMPARE_ROOT": str(proj), "OMP_NUM_THREADS": "1", "EXPERIMENT": "default"}
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    cmd = [sys.executable, "-m", "ftcompare", "search", "--space", "tiny", "--name", "shared", "--storage", url]
+    logs = [open(tmp_path / f"worker{i}.log", "w") for i in (1, 2)]
+    first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logs[0], stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not (tmp_path / "shared.db").exists() and time.time() < deadline and first.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # the first worker has made the study and queued the configurations
+    second = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logs[1], stderr=subprocess.STDOUT)
+    assert first.wait(timeout=600) == 0 and second.wait(timeout=600) == 0, (tmp_path / "worker2.log").read_text()[-2000:]
+    for f in logs:
+        f.close()
+    import optuna
+
+    trials = [t for t in optuna.load_study(study_name="shared", storage=url).trials if not t.user_attrs.get("unused")]
+    assert sorted(t.user_attrs["config_index"] for t in trials) == [0, 1, 2, 3]
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    summary = json.loads((proj / "results" / "search" / "shared" / "search_summary.json").read_text())
+    assert summary["storage"] == url and summary["n_trials"] == 4
+    assert not (proj / "results" / "search" / "shared" / "study.db").exists()
+
+
 def one_line(err):
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], f"expected one error line, got:\n{err}"

@@ -31,6 +31,7 @@ import math
 import os
 import socket
 import time
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,7 @@ def _check_key(where: str, dotted: str) -> None:
     parts = rest.split(".")
     for i, part in enumerate(parts):
         args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (
-            typing.Union, __import__("types").UnionType) else [tp]
+            typing.Union, types.UnionType) else [tp]
         dc = next((a for a in args if dataclasses.is_dataclass(a)), None)
         if dc is None:
             raise ConfigError(f"{where}: unknown key '{dotted}' ('{'.'.join([section] + parts[:i])}' has no sub-keys)")
@@ -667,8 +668,8 @@ def search(experiment: str, model: str | None, method: str | None, space_name: s
     while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         trial = study.ask()
         if "config_index" not in trial.user_attrs:  # another worker took the last configuration meanwhile
+            trial.set_user_attr("unused", True)
             study.tell(trial, state=TrialState.FAIL)
-            study._storage.set_trial_user_attr(trial._trial_id, "unused", True)
             break
         run_trial(study, trial, space, name, experiment, model, method, after_rung=alive)
     print(f"[search] {name}: this worker ran {time.time() - t0:.0f} s", flush=True)
