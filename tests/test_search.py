@@ -158,6 +158,21 @@ def test_killed_search_resumes_with_finished_trials_intact(proj, capsys):
     assert summary["time"]["sessions"] == 2
 
 
+def test_lm_eval_objective(proj, capsys):
+    """objective: {task: ...}: the task's primary (first) metric, maximized, measured by lm-eval at every rung."""
+    f = proj / "configs" / "search" / "tiny.yaml"
+    f.write_text(f.read_text().replace("n_configs: 3, seed: 7}", "n_configs: 1, seed: 7, include_baseline: false}\n"
+                                       "objective: {task: ftc_hellaswag, limit: 4}"))
+    _search(capsys, "--name", "lmeval")
+    s = json.loads((proj / "results" / "search" / "lmeval" / "search_summary.json").read_text())
+    assert s["objective"]["direction"] == "maximize" and s["objective"]["task"] == "ftc_hellaswag"
+    (trial,) = s["trials"]
+    assert trial["state"] == "COMPLETE" and sorted(map(int, trial["objective_by_step"])) == [1, 2]
+    for v in trial["objective_by_step"].values():  # acc over 4 documents: a whole number of correct items
+        assert 0 <= v <= 1 and (4 * v) == int(4 * v)
+    assert "ftc_hellaswag acc" in (proj / "results" / "search" / "lmeval" / "rungs.md").read_text()
+
+
 def test_two_workers_share_one_study(proj, tmp_path):
     """Two processes on one --storage URL (the scale-out path): every configuration runs exactly once."""
     env = {**os.environ, "FTCOMPARE_ROOT": str(proj), "OMP_NUM_THREADS": "1", "EXPERIMENT": "default"}

@@ -486,7 +486,9 @@ def open_study(space: SearchSpace, name: str, experiment: str, model: str, metho
 def _direction(space: SearchSpace, experiment: str) -> str:
     if space.objective.kind == "val_loss":
         return "minimize"
-    return "maximize" if _lm_eval_metric(space, experiment)[1] else "minimize"
+    metric, higher = _lm_eval_metric(space, experiment)
+    space.objective.metric = metric  # the task's primary metric, named in every output
+    return "maximize" if higher else "minimize"
 
 
 # --------------------------------------------------------------------------------------------------
