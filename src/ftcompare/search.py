@@ -455,14 +455,17 @@ def open_study(space: SearchSpace, name: str, experiment: str, model: str, metho
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    direction = _direction(space, experiment)  # (an unknown objective task fails here, before any file is made)
     out = search_dir(name)
-    out.mkdir(parents=True, exist_ok=True)
     url = storage_url or f"sqlite:///{out / 'study.db'}"
+    if storage_url is None:
+        out.mkdir(parents=True, exist_ok=True)
     storage = open_storage(url)
+    out.mkdir(parents=True, exist_ok=True)
     identity = {"experiment": experiment, "model": model, "method": method, "space": space.name,
                 "space_hash": space.hash(), "base_config_hash": base.hash()}
     study = optuna.create_study(storage=storage, study_name=name, sampler=optuna.samplers.RandomSampler(
-        seed=space.budget.seed), pruner=_pruner(space), direction=_direction(space, experiment), load_if_exists=True)
+        seed=space.budget.seed), pruner=_pruner(space), direction=direction, load_if_exists=True)
     have = study.user_attrs.get("identity")
     if have is None:
         study.set_user_attr("identity", identity)
@@ -499,13 +502,13 @@ def _lm_eval_metric(space: SearchSpace, experiment: str) -> tuple[str, bool]:
     key = (experiment, space.objective.task, space.objective.metric)
     if key in _METRICS:
         return _METRICS[key]
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import TaskManager
 
     ev = config.load("experiments", experiment).evaluation
     include = str(paths.ROOT / ev.include_path) if ev.include_path else None
     try:
-        task = get_task_dict([space.objective.task], TaskManager(include_path=include,
-                                                                 include_defaults=ev.include_defaults))[space.objective.task]
+        tm = TaskManager(include_path=include, include_defaults=ev.include_defaults)
+        task = tm.load([space.objective.task])["tasks"][space.objective.task]
     except Exception as e:  # noqa: BLE001
         raise FtcError(f"objective task '{space.objective.task}' cannot be loaded ({e.__class__.__name__}: "
                        f"{str(e)[:120]}); name a task of lm-evaluation-harness/tasks/ or an installed one") from None
