@@ -597,12 +597,12 @@ def run_trial(study, trial, space: SearchSpace, name: str, experiment: str, mode
 
     from .train import train
 
+    trial.set_user_attr("worker", _worker())  # first: a dead worker's trial is recognised by it
     params = {p.name: trial.suggest_categorical(p.name, p.distribution().choices) if p.kind == "choices"
               else trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log) if p.kind == "int"
               else trial.suggest_float(p.name, float(p.low), float(p.high), log=p.kind == "log_uniform")
               for p in space.params}
     index = trial.user_attrs["config_index"]
-    trial.set_user_attr("worker", _worker())
     run = resolve_trial(experiment, model, method, space, params)
     trial.set_user_attr("run_config_hash", run.hash())
     out = trial_dir(name, index)
