@@ -145,6 +145,12 @@ def test_killed_search_resumes_with_finished_trials_intact(proj, capsys):
     before = {t[0]: t for t in _trials(db) if t[1] in ("COMPLETE", "PRUNED")}
     assert len(before) >= 2 and any(t[1] == "RUNNING" for t in _trials(db))
 
+    # --report-only: the outputs of the study as it is (finished trials, no winner if none finished), no training
+    killed_state = _trials(db)
+    _search(capsys, "--name", "k", "--report-only")
+    assert _trials(db) == killed_state
+    assert (proj / "results" / "search" / "k" / "rungs.md").is_file()
+
     _search(capsys, "--name", "k")
     after = {t[0]: t for t in _trials(db)}
     for n, t in before.items():

@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="study and folder name (default: the space name); one search per method")
     p.add_argument("--storage", help="Optuna storage URL shared by several workers (default: sqlite under "
                    "results/search/<name>/)")
+    p.add_argument("--report-only", action="store_true", help="write the outputs of the study as it is, train nothing")
 
     p = sub.add_parser("search-args", help="print the overrides that searches give one (model, method) run")
     p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"))
@@ -172,7 +173,8 @@ def cmd_search(args) -> int:
     _experiment(args.experiment)
     from .search import search
 
-    out = search(args.experiment, args.model, args.method, args.space, storage=args.storage, name=args.name)
+    out = search(args.experiment, args.model, args.method, args.space, storage=args.storage, name=args.name,
+                 report_only=args.report_only)
     print(f"[search] results: {out.relative_to(paths.ROOT) if out.is_relative_to(paths.ROOT) else out}")
     return 0
 

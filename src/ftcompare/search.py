@@ -645,8 +645,9 @@ def run_trial(study, trial, space: SearchSpace, name: str, experiment: str, mode
 
 
 def search(experiment: str, model: str | None, method: str | None, space_name: str, storage: str | None = None,
-           name: str | None = None) -> Path:
-    """Run (or resume, or join) the search; write the outputs. Returns results/search/<name>/."""
+           name: str | None = None, report_only: bool = False) -> Path:
+    """Run (or resume, or join) the search; write the outputs. Returns results/search/<name>/.
+    report_only: write the outputs of the study as it is now (e.g. while other workers run), train nothing."""
     from optuna.trial import TrialState
 
     space = load_space(space_name)
@@ -659,6 +660,10 @@ def search(experiment: str, model: str | None, method: str | None, space_name: s
         raise FtcError(f"--name '{name}' must be letters, digits, - and _ (it names a folder and the study)")
     base = check_space(space, experiment, model, method)
     study, url = open_study(space, name, experiment, model, method, storage, base)
+    if report_only:
+        from .search_report import write_outputs
+
+        return write_outputs(study, space, name, experiment, model, method, url)
     back = requeue_dead_trials(study)
     if back:
         print(f"[search] {name}: trial(s) {', '.join(map(str, back))} of a killed worker go back to the queue "
