@@ -100,7 +100,7 @@ def _figure(rows, space, best, path: Path, name: str) -> None:
         xs = [g["step"] for g in r["rungs"]]
         ys = [g["objective"] for g in r["rungs"]]
         is_best = best is not None and r["trial"] == best["trial"]
-        style = dict(lw=2.4, color="tab:green", zorder=3) if is_best else dict(lw=1, alpha=0.75)
+        style = dict(lw=2.4, color="black", zorder=3) if is_best else dict(lw=1, alpha=0.75)
         label = f"config {r['config']}" + (" (baseline)" if r["baseline"] else "") + (" (best)" if is_best else "")
         line, = ax.plot(xs, ys, marker="o", ms=4, label=label, ls="--" if r["baseline"] else "-", **style)
         if r["state"] == "PRUNED":
@@ -224,6 +224,11 @@ def write_outputs(study, space, name: str, experiment: str, model: str, method: 
         f"The objective is one measurement per rung (data order and seed fixed: train.seed); differences "
         "smaller than the run-to-run noise of other seeds are not evidence.",
     ]
+    exp_steps = config.load("experiments", experiment).train.max_steps
+    if exp_steps != max_steps:
+        caveats.append(f"The search's longest run is {max_steps} steps (its lr schedule too); experiment '{experiment}' "
+                       f"trains {exp_steps} steps, so `make all SEARCH={name}` uses the winner at a length the search "
+                       "never measured: the best settings at one length need not be the best at another.")
     summary = {
         "name": name, "experiment": experiment, "model": model, "method": method, "space": space.name,
         "space_file": f"configs/search/{space.name}.yaml", "space_sha": space.hash(),
