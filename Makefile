@@ -7,6 +7,8 @@
 #   make all EXPERIMENT=paper                  # the GPU study (network needed)
 #   make all MODELS=135m METHODS="lora qlora"  # a subset
 #   make all TRAIN_ARGS="train.max_steps=5"    # override config keys for training (section.key=value)
+#   make search SEARCH=lora                    # hyperparameter search (configs/search/lora.yaml)
+#   make all SEARCH=lora                       # train with that search's winner (results/search/lora/)
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -18,6 +20,8 @@ EXPERIMENT ?= default
 PY         := .venv/bin/python
 SETUP      := .venv/.setup-done
 TRAIN_ARGS ?=
+SEARCH     ?=        # search name(s): `make search` runs one; `make all` trains with their winners
+SEARCH_ARGS ?=       # extra arguments of `make search`, e.g. --storage URL, --method M --name NAME
 EVAL_ARGS  ?=
 export EXPERIMENT
 export HF_HOME := $(CURDIR)/.cache/huggingface
@@ -42,7 +46,7 @@ RECORD  := $(if $(filter default,$(EXPERIMENT)),models_evaluation_record.md,resu
 
 TASK_FILES := $(wildcard lm-evaluation-harness/tasks/*/*.yaml lm-evaluation-harness/tasks/*/*.py)
 
-.PHONY: help setup all pipeline train merge evaluate report test test-fast bench clean-experiment
+.PHONY: help setup all pipeline train merge evaluate report search test test-fast bench clean-experiment
 
 help: ## show this help
 	@echo "ftcompare: make TARGET [EXPERIMENT=$(EXPERIMENT)] [MODELS=...] [METHODS=...] [TRAIN_ARGS=...]"
@@ -77,6 +81,11 @@ merge: $(MERGED) ## merge every trained adapter into a plain checkpoint
 evaluate: $(EVALS) ## evaluate the base model and every variant with lm-eval
 report: $(RECORD) ## analyze results: tables, figures, models_evaluation_record.md
 
+# SEARCH=<name ...>: the overrides the searches' winners give this (model, method) run, in $$sa (a failed
+# lookup fails the recipe): method.* keys for the searched method only, shared train.* keys for every method.
+# `resolve --search` applies the same overrides to the config stamps.
+SEARCH_OVERRIDES = $(if $(SEARCH),sa="$$($(PY) -m ftcompare search-args --model $(*D) --method $(*F) $(SEARCH))" &&,sa= &&)
+
 # Config stamps (a run's resolved.json; the experiment's eval_settings.json), rewritten only when the
 # resolved config changes: editing a key re-runs exactly the stages that depend on it. They are brought up to
 # date while make reads this file, before it plans, so `make -n` / `make -q` see a config change too (the
@@ -86,7 +95,7 @@ ifneq ($(and $(wildcard $(PY)),$(RUNS),$(filter $(PIPELINE_GOALS) models/% evalu
                                                   models_evaluation_record.md,$(MAKECMDGOALS))),)
 ifeq ($(filter all,$(MAKECMDGOALS)),)   # `all` re-reads this file (sub-make pipeline): stamp there, once
 STAMPED := $(shell $(PY) -m ftcompare resolve --experiment $(EXPERIMENT) --eval $(foreach r,$(RUNS),--run $(r)) \
-                   $(TRAIN_ARGS) >&2 || echo failed)
+                   $(if $(SEARCH),--search "$(SEARCH)") $(TRAIN_ARGS) >&2 || echo failed)
 ifneq ($(STAMPED),)
 $(error the config stamps could not be written: fix the config (the line above says what is wrong))
 endif
@@ -95,7 +104,7 @@ endif
 
 # (a stamp is missing only when the venv did not exist yet when make read this file)
 models/$(EXPERIMENT)/%/resolved.json: | $(SETUP)
-	@$(PY) -m ftcompare resolve --model $(*D) --method $(*F) $(TRAIN_ARGS)
+	@$(PY) -m ftcompare resolve --model $(*D) --method $(*F) $(if $(SEARCH),--search "$(SEARCH)") $(TRAIN_ARGS)
 
 evaluation_results/$(EXPERIMENT)/eval_settings.json: | $(SETUP)
 	@$(PY) -m ftcompare resolve --eval
@@ -104,7 +113,7 @@ EVAL_DEPS := evaluation_results/$(EXPERIMENT)/eval_settings.json $(TASK_FILES)
 
 # models/<exp>/<model>/<method>/train_summary.json  (stem = <model>/<method>)
 models/$(EXPERIMENT)/%/train_summary.json: models/$(EXPERIMENT)/%/resolved.json models/base/$$(*D)/manifest.json
-	bash scripts/train.sh $(*D) $(*F) $(TRAIN_ARGS)
+	$(SEARCH_OVERRIDES) bash scripts/train.sh $(*D) $(*F) $(TRAIN_ARGS) $$sa
 
 models/$(EXPERIMENT)/%/merged/merge_manifest.json: models/$(EXPERIMENT)/%/train_summary.json
 	bash scripts/merge.sh $(*D) $(*F)
@@ -122,6 +131,11 @@ ANALYZER := analyze_results.py $(wildcard src/ftcompare/*.py src/ftcompare/repor
 
 $(RECORD): $(EVALS) $(TRAINED) $(ANALYZER)
 	$(PY) analyze_results.py --experiment $(EXPERIMENT)
+
+# Hyperparameter search: successive halving over real training runs (Optuna), resumable; results/search/<name>/
+search: $(SETUP) ## hyperparameter search: make search SEARCH=lora [SEARCH_ARGS="--storage URL"]
+	@test -n "$(SEARCH)" || { echo "error: make search needs SEARCH=<space> (configs/search/<space>.yaml)" >&2; exit 2; }
+	$(PY) -m ftcompare search --experiment $(EXPERIMENT) --space $(SEARCH) $(SEARCH_ARGS)
 
 # ---------------------------------------------------------------------------------------------------
 # Quality

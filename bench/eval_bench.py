@@ -41,7 +41,7 @@ def run_stock(model_path: Path, exp: config.ExperimentConfig, tasks: list[str], 
                "--model_args", f"pretrained={model_path},dtype={'float32'}",
                "--tasks", task, "--batch_size", str(ev.batch_size), "--output_path", str(out / task),
                "--log_samples", "--include_path", str(paths.ROOT / ev.include_path),
-               "--seed", f"{ev.seed},{ev.seed},{ev.seed},{ev.seed}", "--bootstrap_iters", str(ev.bootstrap_iters)]
+               "--seed", f"{ev.seed},{ev.seed},{ev.seed},{ev.seed}"]
         n_shot = ev.num_fewshot.get(task)
         if n_shot is not None:
             cmd += ["--num_fewshot", str(n_shot)]

@@ -11,6 +11,8 @@
 This module is the top of the one-way dependency graph: cli -> stages (train, merge, evaluate, the report)
 -> building blocks (config, paths, io, data, modeling, ...). It builds every sub-command itself; no module
 imports it.
+  search  --experiment default --model 135m --method lora --space lora [--storage URL]
+  search-args --model 135m --method full lora                 (SEARCH=... in make: overrides for one run)
 
 Errors the user can fix print one line `error: ...` and exit 2.
 """
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", action="append", default=[], metavar="MODEL/METHOD",
                    help="a run's resolved config (repeatable; what make does for every run before it plans)")
     p.add_argument("--eval", action="store_true", help="evaluation settings -> evaluation_results/<exp>/eval_settings.json")
+    p.add_argument("--search", help="search names whose winners' overrides apply to each run (make's SEARCH=)")
     p.add_argument("overrides", nargs="*")
 
     p = sub.add_parser("evaluate", help="evaluate one model variant with lm-eval (fixed paths under evaluation_results/)")
@@ -81,6 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="analyze results: checked tables, figures and models_evaluation_record.md")
     _report().add_arguments(p)
+    p = sub.add_parser("search", help="successive-halving hyperparameter search (Optuna) -> results/search/<name>/")
+    p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"))
+    p.add_argument("--model", help="model alias (default: the space file's model)")
+    p.add_argument("--method", help="method (default: the space file's method)")
+    p.add_argument("--space", required=True, help="configs/search/<name>.yaml")
+    p.add_argument("--name", help="study and folder name (default: the space name); one search per method")
+    p.add_argument("--storage", help="Optuna storage URL shared by several workers (default: sqlite under "
+                   "results/search/<name>/)")
+    p.add_argument("--report-only", action="store_true", help="write the outputs of the study as it is, train nothing")
+
+    p = sub.add_parser("search-args", help="print the overrides that searches give one (model, method) run")
+    p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"))
+    p.add_argument("--model", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("names", nargs="+", help="search names (results/search/<name>/best_overrides.yaml)")
 
     p = sub.add_parser("list", help="print names for the Makefile")
     p.add_argument("what", choices=["models", "methods", "adapter-methods", "tasks", "variants", "all-models",
@@ -154,7 +172,12 @@ def cmd_resolve(args) -> int:
     for r in runs:
         if len(r) != 2:
             raise FtcError(f"--run {'/'.join(r)}: expected MODEL/METHOD (e.g. 135m/lora)")
-        run = config.resolve_run(args.experiment, r[0], r[1], config.parse_overrides(args.overrides))
+        overrides = list(args.overrides)
+        if args.search:
+            from .search_report import overrides_for
+
+            overrides += overrides_for(args.search.split(), args.experiment, r[0], r[1])
+        run = config.resolve_run(args.experiment, r[0], r[1], config.parse_overrides(overrides))
         outputs.append((paths.run_dir(run.experiment, run.model.alias, run.method.name) / "resolved.json",
                         json.dumps({"config_hash": run.hash(), "config": run.to_dict()}, indent=2) + "\n"))
     for out, text in outputs:
@@ -192,8 +215,32 @@ def cmd_analyze(args) -> int:
     return _report().run(args.experiment, args.allow_missing)
 
 
+def cmd_search(args) -> int:
+    _experiment(args.experiment)
+    from .search import search
+
+    out = search(args.experiment, args.model, args.method, args.space, storage=args.storage, name=args.name,
+                 report_only=args.report_only)
+    print(f"[search] results: {out.relative_to(paths.ROOT) if out.is_relative_to(paths.ROOT) else out}")
+    return 0
+
+
+def cmd_search_args(args) -> int:
+    from .search_report import overrides_for
+
+    print(" ".join(overrides_for(args.names, args.experiment, args.model, args.method)))
+    return 0
+
+
 COMMANDS = {"prepare-base": cmd_prepare_base, "train": cmd_train, "merge": cmd_merge, "resolve": cmd_resolve,
-            "list": cmd_list, "evaluate": cmd_evaluate, "analyze": cmd_analyze}
+            "list": cmd_list, "evaluate": cmd_evaluate, "analyze": cmd_analyze, "search": cmd_search,
+            "search-args": cmd_search_args}
+
+
+def register(name: str, parser_fn, command_fn) -> None:
+    """Later stages (evaluate, analyze) add their sub-command here."""
+    EXTRA.append((name, parser_fn, command_fn))
+
 
 # Transitional: analyze.py (being replaced by the report package) still calls cli.register when imported.
 # Nothing reads EXTRA; delete both with analyze.py.

@@ -1,4 +1,4 @@
-"""One training entry point for every method: `train(run, max_steps=...) -> TrainResult` (validation loss).
+"""One training entry point for every method: `train(run, max_steps=..., stop_at=...) -> TrainResult` (validation loss).
 
 setup (data, model + method) -> transformers Trainer (loop, optimizer, schedule, checkpoints, resume,
 accelerate/DDP) -> save -> summary. Outputs, at fixed paths under models/<experiment>/<model>/<method>/:
@@ -42,7 +42,7 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _step_logger(log_path: Path, session: dict):
+def _step_logger(log_path: Path, session: dict, stop_at: int | None = None):
     from transformers import TrainerCallback
 
     class StepLogger(TrainerCallback):
@@ -80,6 +80,8 @@ def _step_logger(log_path: Path, session: dict):
                 f.write(json.dumps(rec) + "\n")
 
         def on_step_end(self, args, state, control, **kw):
+            if stop_at is not None and state.global_step >= stop_at:  # a search rung: stop here, checkpointed
+                control.should_training_stop = control.should_save = True
             # Fault injection for tests/test_resume.py: a real SIGKILL at a chosen step.
             if os.environ.get("FTCOMPARE_KILL_AT_STEP") == str(state.global_step):
                 os.kill(os.getpid(), 9)
@@ -163,9 +165,10 @@ class _PositionCounter:
         return n or None
 
 
-def _last_checkpoint(out: Path, config_hash: str) -> str | None:
+def _last_checkpoint(out: Path, config_hash: str, target: int | None = None) -> str | None:
     """The last *complete* checkpoint of *this* config, to resume from. Checkpoints of another config are
-    removed (resuming them would mix two runs), and so are partial ones (killed while being written)."""
+    removed (resuming them would mix two runs), and so are partial ones (killed while being written), and
+    those at or past `target` (the step to stop at: Trainer cannot resume at it without one step more)."""
     ckpt_dir = out / "checkpoints"
     cfg_file = out / "config.json"
     if not ckpt_dir.is_dir():
@@ -175,7 +178,7 @@ def _last_checkpoint(out: Path, config_hash: str) -> str | None:
         return None
     complete = []
     for d in ckpt_dir.glob("checkpoint-*"):
-        if (d / COMPLETE).is_file():
+        if (d / COMPLETE).is_file() and (target is None or int(d.name.split("-")[1]) < target):
             complete.append((int(d.name.split("-")[1]), d))
         else:
             shutil.rmtree(d, ignore_errors=True)
@@ -199,8 +202,11 @@ def is_done(run: RunConfig, out: Path | None = None) -> bool:
     return summary.is_file() and read_json(summary).get("config_hash") == run.hash()
 
 
-def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None = None) -> TrainResult:
-    """Train one (model, method) run for `max_steps` (default: the config's step budget).
+def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None = None,
+          stop_at: int | None = None) -> TrainResult:
+    """Train one (model, method) run for `max_steps` (default: the config's step budget), resuming from its
+    last checkpoint. `stop_at`: stop (and checkpoint) at that step of the max_steps schedule, so a later call
+    with a larger `stop_at` continues exactly where this one stopped (a search rung; ftcompare.search).
     Returns the validation loss (the number a hyperparameter search ranks by)."""
     import torch
     from transformers import Trainer
@@ -213,7 +219,9 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
     if run.train.num_threads:
         torch.set_num_threads(run.train.num_threads)
 
-    resume = _last_checkpoint(out, config_hash)
+    if stop_at is not None and not 0 < stop_at <= run.train.max_steps:
+        raise ValueError(f"stop_at={stop_at} is outside 1..{run.train.max_steps}")
+    resume = _last_checkpoint(out, config_hash, stop_at or run.train.max_steps)
     log_path = out / "train_log.jsonl"
     _trim_log(log_path, resume)
     (out / "train_summary.json").unlink(missing_ok=True)
@@ -250,7 +258,7 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         eval_dataset=val_ds,
         data_collator=_collator(run, tokenizer),
         processing_class=tokenizer,
-        callbacks=[_step_logger(log_path, session)],
+        callbacks=[_step_logger(log_path, session, stop_at)],
     )
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - session["t0"]
