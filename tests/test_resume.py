@@ -40,7 +40,7 @@ def _weights(run_dir):
     return load_file(str(f))
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+@pytest.mark.parametrize("method", ["full", "lora", "qlora", "dora", "rslora", "qdora"])
 def test_kill_and_resume_is_bit_identical(proj, method):
     rng = random.Random()
     kill_at = rng.randint(1, 7)

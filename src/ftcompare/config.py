@@ -65,6 +65,8 @@ class LoraSettings:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] | None = None  # None = the model config's lora_target_modules
+    use_dora: bool = False           # DoRA: weight = magnitude * direction (peft use_dora); magnitude trained too
+    use_rslora: bool = False         # rsLoRA: scale the update by alpha/sqrt(r) instead of alpha/r (peft use_rslora)
 
     def __post_init__(self):
         if self.r <= 0 or self.alpha <= 0:
@@ -133,6 +135,9 @@ class DataConfig:
             raise ConfigError(f"data.n_train must be > 0 or null (got {self.n_train})")
 
 
+REPORT_TO = ("none", "tensorboard")  # experiment trackers with a pinned package (requirements.txt)
+
+
 @dataclass
 class TrainConfig:
     """Shared by every method of an experiment: a comparison differs only in the method."""
@@ -154,6 +159,8 @@ class TrainConfig:
     save_total_limit: int = 2        # keep the last K checkpoints
     num_threads: int | None = None   # torch CPU threads; None = all cores
     dataloader_num_workers: int = 0
+    report_to: str = "none"          # none | tensorboard: event files under <run>/tensorboard/ (train_log.jsonl
+                                     # stays the source of truth)
 
     def __post_init__(self):
         for key in ("max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
@@ -162,6 +169,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{key} must be > 0 (got {getattr(self, key)})")
         _choice("train.lr_scheduler_type", self.lr_scheduler_type,
                 ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"))
+        _choice("train.report_to", self.report_to, REPORT_TO)
 
 
 @dataclass

@@ -134,7 +134,8 @@ def lora_config(run: RunConfig, new_token_ids: list[int] | None = None):
     lo = run.method.lora
     extra = {"trainable_token_indices": {"embed_tokens": list(new_token_ids)}} if new_token_ids else {}
     return LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, bias="none", task_type="CAUSAL_LM",
-                      target_modules=list(lo.target_modules or run.model.lora_target_modules), **extra)
+                      target_modules=list(lo.target_modules or run.model.lora_target_modules),
+                      use_dora=lo.use_dora, use_rslora=lo.use_rslora, **extra)
 
 
 def build_for_training(run: RunConfig, tokenizer=None):
