@@ -115,6 +115,7 @@ class DataConfig:
                                      # chat: a list of {role, content} messages, loss on assistant turns only
     hub_id: str | None = None
     hub_config: str | None = None    # the dataset's configuration (subset) name, if it has several
+    revision: str | None = None      # hub datasets: the commit hash to load (pinned for reproducibility)
     column: str | None = None        # chat: the column holding the conversation (loader default if None)
     train_split: str = "train"
     val_split: str = "validation"

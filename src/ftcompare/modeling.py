@@ -62,8 +62,11 @@ def load_tokenizer(model: ModelConfig, path: str | None = None, chat: bool = Fal
     special tokens added if ChatML is installed on a vocabulary without them (then use align_vocab)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path or base_model_path(model), trust_remote_code=model.trust_remote_code,
-                                        revision=model.revision if path is None and model.source == "hub" else None)
+    from .hub import errors, model_ref
+
+    with errors(model_ref(model) if path is None else None):
+        tok = AutoTokenizer.from_pretrained(path or base_model_path(model), trust_remote_code=model.trust_remote_code,
+                                            revision=model.revision if path is None and model.source == "hub" else None)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if chat:
@@ -101,13 +104,10 @@ def load_base(model: ModelConfig, method: MethodConfig | None = None, path: str 
         kwargs["quantization_config"] = bnb_config(method)
         kwargs["device_map"] = device_map_for(method)
         kwargs["dtype"] = torch_dtype(method.quantization.compute_dtype)
-    try:
+    from .hub import errors, model_ref
+
+    with errors(model_ref(model) if path is None else None):
         model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
-    except OSError as e:
-        if "offline" in str(e).lower() or "connect" in str(e).lower() or os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise FtcError(f"cannot load '{src}' offline: hub models need network (unset HF_HUB_OFFLINE) "
-                           "or use the embedded default (--model 135m)") from e
-        raise
     return exact_4bit_on_cpu(model)
 
 

@@ -5,6 +5,7 @@ accelerate/DDP) -> save -> summary. Outputs, at fixed paths under models/<experi
   config.json          resolved config + its hash (written first: a checkpoint from another config is discarded)
   checkpoints/         Trainer checkpoints every train.save_steps (the last train.save_total_limit kept)
   train_log.jsonl      one line per logged step: loss, lr, grad_norm, tokens/s, peak memory
+  tensorboard/         train.report_to=tensorboard: the same steps as TensorBoard events (tracking.py)
   template_view.json   chat data: one training conversation as tokens, special or not, trained or not
   final/               the trained weights: full model, or the LoRA adapter (+ tokenizer)
   train_summary.json   written last: wall time, tokens, tokens/s, peak memory, params, validation loss
@@ -24,6 +25,8 @@ from . import paths
 from .config import RunConfig
 from .io import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from .manifest import manifest, now
+from .hub import check_run, revisions
+from .tracking import trackers
 
 
 @dataclass
@@ -170,6 +173,7 @@ def is_done(run: RunConfig, out: Path | None = None) -> bool:
 def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None = None) -> TrainResult:
     """Train one (model, method) run for `max_steps` (default: the config's step budget).
     Returns the validation loss (the number a hyperparameter search ranks by)."""
+    check_run(run)  # hub model/dataset reachable at its pinned revision (seconds), before anything is written
     import torch
     from transformers import Trainer
 
@@ -218,7 +222,7 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         eval_dataset=val_ds,
         data_collator=data_mod.PadCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[_step_logger(log_path, session)],
+        callbacks=[_step_logger(log_path, session), *trackers(run, out, resume)],
     )
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - session["t0"]
@@ -267,7 +271,7 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         "resumed_from": Path(resume).name if resume else None,
         "started": started,
         "finished": now(),
-        "manifest": manifest(seed=run.train.seed),
+        "manifest": manifest(seed=run.train.seed, hub=revisions(run)),
     }
     atomic_write_json(out / "train_summary.json", summary)  # last: its presence means the run is done
     print(f"[train] done in {wall:.0f} s, {tokens} tokens, val_loss {val_loss:.4f} -> "
