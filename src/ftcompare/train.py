@@ -142,7 +142,7 @@ def _last_checkpoint(out: Path, config_hash: str) -> str | None:
     if not ckpt_dir.is_dir():
         return None
     if not cfg_file.is_file() or read_json(cfg_file).get("config_hash") != config_hash:
-        shutil.rmtree(ckpt_dir)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # every process of a distributed launch gets here
         return None
     complete = []
     for d in ckpt_dir.glob("checkpoint-*"):
@@ -162,6 +162,38 @@ def _trim_log(log_path: Path, resume: str | None) -> None:
         step = int(Path(resume).name.split("-")[1])
         keep = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         atomic_write_text(log_path, "".join(line + "\n" for line in keep))
+
+
+def _is_main_process() -> bool:
+    """Process 0 of a distributed launch (torchrun / accelerate set RANK), or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _save_final(trainer, tokenizer, run: RunConfig, out: Path) -> None:
+    """final/ appears complete or not at all. Every process takes part in save_model (FSDP and ZeRO-3 gather
+    the weights for it) into one shared folder; process 0 adds the tokenizer and moves it into place."""
+    shared = out / ".final.partial"
+    main = trainer.is_world_process_zero()
+    if main:
+        shutil.rmtree(shared, ignore_errors=True)
+        shared.mkdir()
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(shared))
+    trainer.accelerator.wait_for_everyone()
+    if not main:
+        return
+    with atomic_dir(out / "final") as tmp:
+        for f in shared.iterdir():
+            os.replace(f, Path(tmp) / f.name)
+        tokenizer.save_pretrained(str(tmp))
+        if run.method.uses_adapter:  # peft stores the base path verbatim: make it absolute (TOOLCHAIN.md)
+            cfg_path = Path(tmp) / "adapter_config.json"
+            cfg = json.loads(cfg_path.read_text())
+            from .assets import base_model_path
+
+            cfg["base_model_name_or_path"] = base_model_path(run.model)
+            cfg_path.write_text(json.dumps(cfg, indent=2))
+    shutil.rmtree(shared, ignore_errors=True)
 
 
 def is_done(run: RunConfig, out: Path | None = None) -> bool:
@@ -187,10 +219,11 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
 
     resume = _last_checkpoint(out, config_hash)
     log_path = out / "train_log.jsonl"
-    _trim_log(log_path, resume)
-    (out / "train_summary.json").unlink(missing_ok=True)
     started = now()
-    atomic_write_json(out / "config.json", {"config_hash": config_hash, "config": run.to_dict()})
+    if _is_main_process():  # distributed launch: process 0 writes the run's files, every process trains
+        _trim_log(log_path, resume)
+        (out / "train_summary.json").unlink(missing_ok=True)
+        atomic_write_json(out / "config.json", {"config_hash": config_hash, "config": run.to_dict()})
 
     from .modeling import build_for_training, count_params, load_tokenizer
 
@@ -205,8 +238,9 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         from .chat import prepare_tokenizer, template_view
 
         chat_info = prepare_tokenizer(tokenizer, run.model)
-        atomic_write_json(out / "template_view.json",
-                          template_view(tokenizer, train_ex[0]["messages"], run.model.alias, chat_info))
+        if _is_main_process():
+            atomic_write_json(out / "template_view.json",
+                              template_view(tokenizer, train_ex[0]["messages"], run.model.alias, chat_info))
 
     model = build_for_training(run, tokenizer)
     trainable, total = count_params(model)
@@ -228,16 +262,9 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
     wall = time.time() - session["t0"]
     val_loss = float(trainer.evaluate()["eval_loss"])
 
-    with atomic_dir(out / "final") as tmp:
-        trainer.save_model(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        if run.method.uses_adapter:  # peft stores the base path verbatim: make it absolute (TOOLCHAIN.md)
-            cfg_path = Path(tmp) / "adapter_config.json"
-            cfg = json.loads(cfg_path.read_text())
-            from .assets import base_model_path
-
-            cfg["base_model_name_or_path"] = base_model_path(run.model)
-            cfg_path.write_text(json.dumps(cfg, indent=2))
+    _save_final(trainer, tokenizer, run, out)
+    if not trainer.is_world_process_zero():
+        return TrainResult(val_loss=val_loss, summary={}, output_dir=out)
 
     steps = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
     tokens = trainer.state.num_input_tokens_seen
