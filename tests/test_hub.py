@@ -141,15 +141,15 @@ def test_load_errors_inside_from_pretrained_are_one_line(online, capsys, monkeyp
         modeling.load_tokenizer(config.load("models", "1b"))
 
 
-def _fill_cache(cache, repo_id, revision, src):
-    """The layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<commit>/<files>}."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
+def _fill_cache(cache, repo_id, revision, src, kind="models"):
+    """The layout huggingface_hub writes: <kind>--org--name/{refs/main, snapshots/<commit>/<files>}."""
+    repo = cache / (f"{kind}--" + repo_id.replace("/", "--"))
     shutil.copytree(src, repo / "snapshots" / revision)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
 
 
-def test_offline_hub_model_trains_from_a_filled_cache(project, tiny_model_dir, monkeypatch, tmp_path, capsys):
+def test_offline_hub_model_and_dataset_train_from_a_filled_cache(project, tiny_model_dir, monkeypatch, tmp_path, capsys):
     rev = "0123456789abcdef0123456789abcdef01234567"
     cache = tmp_path / "hub-cache"
     _fill_cache(cache, "ftc-test/tiny-llama", rev, tiny_model_dir)
@@ -160,13 +160,29 @@ def test_offline_hub_model_trains_from_a_filled_cache(project, tiny_model_dir, m
     (project / "configs" / "models" / "tinyhub.yaml").write_text(
         f"alias: tinyhub\nsource: hub\nhub_id: ftc-test/tiny-llama\nrevision: '{rev}'\ndtype: float32\n"
         "lora_target_modules: [q_proj, v_proj]\n")
+    # a hub chat dataset in the cache as the hub stores it (parquet under data/)
+    import pandas as pd
+
+    rows = tmp_path / "rows" / "data"
+    rows.mkdir(parents=True)
+    pd.DataFrame({"messages": [[{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i}."}]
+                               for i in range(120)]}).to_parquet(rows / "train-00000-of-00001.parquet")
+    _fill_cache(cache, "ftc-test/chat", rev, rows.parent, kind="datasets")
+    (project / "configs" / "data" / "tinychat.yaml").write_text(
+        f"name: tinychat\nloader: messages-hub\nformat: chat\nhub_id: ftc-test/chat\nrevision: '{rev}'\n"
+        "column: messages\nn_val: 4\n")
     args = ["data.n_train=8", "data.n_val=4", "train.max_steps=1", "train.per_device_train_batch_size=4",
             "train.max_length=512", "train.save_steps=100", "train.num_threads=1"]
     assert cli.main(["train", "--model", "tinyhub", "--method", "lora", *args]) == 0
+    assert cli.main(["train", "--experiment", "chat", "--model", "tinyhub", "--method", "lora", "experiment.data=tinychat",
+                     *args]) == 0
     import json
 
     summary = json.loads((project / "models" / "default" / "tinyhub" / "lora" / "train_summary.json").read_text())
     assert summary["manifest"]["hub"] == {"model": {"id": "ftc-test/tiny-llama", "revision": rev}, "data": None}
+    summary = json.loads((project / "models" / "chat" / "tinyhub" / "lora" / "train_summary.json").read_text())
+    assert summary["manifest"]["hub"]["data"] == {"id": "ftc-test/chat", "revision": rev}
+    assert summary["n_train_examples"] == 8
     assert cli.main(["merge", "--model", "tinyhub", "--method", "lora"]) == 0
     # a revision the cache does not hold: one line, nothing trained
     (project / "configs" / "models" / "tinyhub.yaml").write_text(

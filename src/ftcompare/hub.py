@@ -122,6 +122,21 @@ def check(ref: HubRef) -> None:
         api.auth_check(ref.repo_id, repo_type=ref.repo_type)  # gated without a token: GatedRepoError
 
 
+def load_dataset(data: DataConfig, name: str | None, split: str):
+    """datasets.load_dataset of a hub dataset at its pinned revision. Offline, from the hub cache's snapshot
+    folder (datasets' own offline mode finds only what it converted before, not the downloaded files)."""
+    import datasets
+
+    ref = data_ref(data)
+    with errors(ref):
+        if offline():
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(data.hub_id, repo_type="dataset", revision=data.revision, local_files_only=True)
+            return datasets.load_dataset(path, name, split=split)
+        return datasets.load_dataset(data.hub_id, name, split=split, revision=data.revision)
+
+
 def check_run(run: RunConfig) -> None:
     for ref in refs(run):
         check(ref)
