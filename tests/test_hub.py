@@ -191,3 +191,17 @@ def test_offline_hub_model_and_dataset_train_from_a_filled_cache(project, tiny_m
     assert cli.main(["train", "--model", "tinyhub", "--method", "full", *args]) == 2
     assert "is not in the HF cache" in capsys.readouterr().err
     assert not (project / "models" / "default" / "tinyhub" / "full").exists()
+
+
+def test_lost_network_inside_from_pretrained_online_names_the_network(online, monkeypatch):
+    """Online, transformers reports a failed download as OSError caused by LocalEntryNotFoundError: the line must
+    say the hub could not be reached (not that the cache is empty)."""
+    from ftcompare import modeling
+    from huggingface_hub import errors
+
+    def from_pretrained(*a, **kw):
+        raise OSError("We couldn't connect to 'https://huggingface.co'") from errors.LocalEntryNotFoundError("no")
+
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", from_pretrained)
+    with pytest.raises(modeling.FtcError, match=r"cannot reach the hub for model '1b' \(meta-llama/Llama-3.2-1B@4e20de3"):
+        modeling.load_tokenizer(config.load("models", "1b"))

@@ -76,12 +76,12 @@ def as_ftc_error(ref: HubRef, exc: BaseException) -> FtcError | None:
     if isinstance(exc, e.RepositoryNotFoundError):
         return FtcError(f"{ref} not found on the hub (a private repository needs HF_TOKEN): fix `hub_id` in "
                         f"{ref.config_file} or export HF_TOKEN")
-    if isinstance(exc, (e.OfflineModeIsEnabled, e.LocalEntryNotFoundError)) or (
-            offline() and isinstance(exc, (OSError, ValueError))):
+    if isinstance(exc, e.OfflineModeIsEnabled) or (offline() and isinstance(exc, (OSError, ValueError))):
         return FtcError(f"{ref} is not in the HF cache ({_cache_dir()}) and HF_HUB_OFFLINE=1: run once with network "
                         "to fill the cache, or use the embedded default (--model 135m)")
     module = type(exc).__module__.split(".")[0]
-    if isinstance(exc, (ConnectionError, TimeoutError)) or module.startswith(("httpx", "httpcore", "requests", "urllib3")):
+    if isinstance(exc, (ConnectionError, TimeoutError, e.LocalEntryNotFoundError)) or module.startswith(
+            ("httpx", "httpcore", "requests", "urllib3")):  # LocalEntryNotFoundError online: the hub did not answer
         return FtcError(f"cannot reach the hub for {ref} ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'no detail'}): "
                         "check the network (or a proxy: HTTPS_PROXY), or set HF_HUB_OFFLINE=1 to use the HF cache")
     if isinstance(exc, e.HfHubHTTPError):
