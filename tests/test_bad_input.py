@@ -41,7 +41,7 @@ TINY = ["data.n_train=8", "data.n_val=4", "train.max_steps=1", "train.per_device
 # ---- names and configs ---------------------------------------------------------------------------
 @pytest.mark.parametrize("argv,expected", [
     (["train", "--model", "nope", "--method", "lora"], "unknown model alias 'nope'; valid: "),
-    (["train", "--model", "135m", "--method", "dora"], "unknown method 'dora'; valid: full, lora, qlora"),
+    (["train", "--model", "135m", "--method", "dorra"], "unknown method 'dorra'; valid: dora, full, lora, qdora, qlora, rslora"),
     (["train", "--experiment", "nope", "--model", "135m", "--method", "lora"], "unknown experiment 'nope'; valid: "),
     (["train", "--model", "135m", "--method", "lora", "train.lr=1"], "unknown key 'lr'"),
     (["train", "--model", "135m", "--method", "lora", "train.max_steps=ten"], "train.max_steps: expected int, got str"),
@@ -76,10 +76,13 @@ def test_missing_embedded_package(proj, capsys):
     assert code == 2 and "the asset package 'not-installed-pkg' is not installed; run `make setup`" in one_line(err)
 
 
-def test_offline_hub_model(proj, capsys, monkeypatch):
+def test_offline_hub_model(proj, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     code, err = run(capsys, "prepare-base", "--model", "1b")
-    assert code == 2 and "must be downloaded from the hub, but HF_HUB_OFFLINE=1" in one_line(err)
+    assert code == 2 and "model '1b' (meta-llama/Llama-3.2-1B@4e20de3" in one_line(err)
+    assert "is not in the HF cache" in one_line(err) and "HF_HUB_OFFLINE=1: run once with network" in one_line(err)
+    assert not (proj / "models" / "base" / "1b").exists()
 
 
 def test_local_model_without_config(proj, capsys, tmp_path):

@@ -125,7 +125,7 @@ def test_wrong_type_is_rejected():
 def test_unknown_names_list_valid_ones():
     with pytest.raises(ConfigError, match=r"unknown model alias 'nope'; valid: .*135m"):
         config.resolve_run("default", "nope", "lora")
-    with pytest.raises(ConfigError, match=r"unknown method 'lorra'; valid: full, lora, qlora"):
+    with pytest.raises(ConfigError, match=r"unknown method 'lorra'; valid: dora, full, lora, qdora, qlora, rslora"):
         config.resolve_run("default", "135m", "lorra")
     with pytest.raises(ConfigError, match=r"unknown experiment 'nope'; valid: .*default"):
         config.resolve_run("nope", "135m", "lora")

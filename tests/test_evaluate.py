@@ -176,7 +176,7 @@ def test_errors_the_user_can_fix(proj, capsys):
         (["--method", "full", "--variant", "adapter"], "trains every weight"),
         (["--method", "full"], "scripts/train.sh tiny full"),
         (["--method", "lora", "--variant", "fused"], "variant 'fused' is not valid"),
-        (["--method", "dora"], "valid: base (the untuned model), full, lora, qlora"),
+        (["--method", "dorra"], "valid: base (the untuned model), dora, full, lora, qdora, qlora, rslora"),
         (["--method", "base", "--limit", "0"], "--limit must be a positive"),
         (["--method", "base", "--tasks", "hellaswag"], "unknown task(s) hellaswag"),
     ]

@@ -43,7 +43,8 @@ def _weights(run_dir):
     return load_file(str(f))
 
 
-@pytest.mark.parametrize("method,kill_at", [("full", 4), ("lora", 1), ("qlora", 7)])
+@pytest.mark.parametrize("method,kill_at", [("full", 4), ("lora", 1), ("qlora", 7), ("dora", 4), ("rslora", 7),
+                                            ("qdora", 1)])
 def test_kill_and_resume_is_bit_identical(proj, method, kill_at):
     _train(proj, method, "straight")
 

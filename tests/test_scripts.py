@@ -23,9 +23,9 @@ def test_unknown_alias_lists_valid_ones(script):
 
 @pytest.mark.parametrize("script", ["train.sh", "merge.sh"])
 def test_unknown_method_lists_valid_ones(script):
-    r = run_cli("bash", f"scripts/{script}", "135m", "dora")
+    r = run_cli("bash", f"scripts/{script}", "135m", "dorra")
     assert r.returncode == 2
-    assert r.stderr.strip() == "error: unknown method 'dora'; valid: full, lora, qlora (configs/methods/)"
+    assert r.stderr.strip() == "error: unknown method 'dorra'; valid: dora, full, lora, qdora, qlora, rslora (configs/methods/)"
 
 
 def test_unknown_experiment():

@@ -19,7 +19,14 @@ GOLDEN = {
     "full": [6.25877571105957, 6.244476318359375, 6.259749412536621],
     "lora": [6.25877571105957, 6.244348526000977, 6.259517192840576],
     "qlora": [6.258094310760498, 6.244483470916748, 6.258998394012451],
+    "dora": [6.25877571105957, 6.244327545166016, 6.259467124938965],
+    "rslora": [6.25877571105957, 6.242695331573486, 6.256471633911133],
+    "qdora": [6.258094310760498, 6.244458198547363, 6.258944511413574],
 }
+
+
+METHODS = ("full", "lora", "qlora", "dora", "rslora", "qdora")
+ADAPTER_METHODS = [m for m in METHODS if m != "full"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +38,7 @@ def tiny_runs(tiny_model_dir, tmp_path_factory):
     root = use_root(mp, copy_project(tmp_path_factory.mktemp("proj")))
     alias = add_tiny_model_config(root, tiny_model_dir)
     results = {}
-    for method in ("full", "lora", "qlora"):
+    for method in METHODS:
         run = config.resolve_run("default", alias, method, TINY)
         results[method] = (run, train(run))
     yield results
@@ -43,7 +50,7 @@ def _losses(result):
     return [json.loads(line)["loss"] for line in log.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+@pytest.mark.parametrize("method", sorted(GOLDEN))
 def test_golden_first_losses(tiny_runs, method):
     losses = _losses(tiny_runs[method][1])
     assert len(losses) == 3
@@ -84,7 +91,7 @@ def _logits(model, ids):
         return model(input_ids=ids).logits.float()
 
 
-@pytest.mark.parametrize("method", ["lora", "qlora"])
+@pytest.mark.parametrize("method", ADAPTER_METHODS)
 def test_merged_logits_equal_adapter_logits(tiny_runs, method):
     from peft import PeftModel
 
@@ -103,8 +110,20 @@ def test_merged_logits_equal_adapter_logits(tiny_runs, method):
     diff = (_logits(adapter_model, ids) - _logits(merged, ids)).abs().max().item()
     assert diff <= 1e-4, f"{method}: merged vs adapter max |logit diff| = {diff}"
     assert getattr(merged.config, "quantization_config", None) is None
-    if method == "qlora":
+    if run.method.quantization is not None:
         assert (res.output_dir / "nf4-base" / "config.json").is_file()
+    print(f"{method}: merged vs adapter max |logit diff| = {diff:.3g}")
+    if run.method.lora.use_dora:  # DoRA merged: each adapted weight row has the trained magnitude as its norm
+        from safetensors.torch import load_file
+
+        mags = {k.removeprefix("base_model.model.").removesuffix(".lora_magnitude_vector"): v
+                for k, v in load_file(str(res.output_dir / "final" / "adapter_model.safetensors")).items()
+                if k.endswith("lora_magnitude_vector")}
+        weights = dict(merged.named_parameters())
+        assert mags
+        for name, mag in mags.items():
+            row_norm = weights[name + ".weight"].detach().norm(dim=1)
+            assert torch.allclose(row_norm, mag, rtol=1e-5, atol=1e-6), name
 
 
 def test_full_merge_links_weights(tiny_runs):
@@ -131,3 +150,18 @@ def test_merge_before_training_is_a_clear_error(tiny_runs):
     run.experiment = "never-trained"
     with pytest.raises(FtcError, match="is not trained yet"):
         merge(run)
+
+
+def test_method_keys_reach_peft(tiny_runs):
+    """The method YAML's use_dora / use_rslora are what peft trained with; DoRA's magnitude was trained and saved."""
+    from safetensors.torch import load_file
+
+    for method in ADAPTER_METHODS:
+        run, res = tiny_runs[method]
+        cfg = json.loads((res.output_dir / "final" / "adapter_config.json").read_text())
+        assert (cfg["use_dora"], cfg["use_rslora"]) == (run.method.lora.use_dora, run.method.lora.use_rslora), method
+        keys = load_file(str(res.output_dir / "final" / "adapter_model.safetensors")).keys()
+        assert any("lora_magnitude_vector" in k for k in keys) == run.method.lora.use_dora, method
+    assert tiny_runs["dora"][1].summary["trainable_params"] > tiny_runs["lora"][1].summary["trainable_params"]
+    assert tiny_runs["qdora"][1].summary["trainable_params"] == tiny_runs["dora"][1].summary["trainable_params"]
+    assert _losses(tiny_runs["rslora"][1])[1:] != _losses(tiny_runs["lora"][1])[1:]  # the scale alpha/sqrt(r) applied

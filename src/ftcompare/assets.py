@@ -147,15 +147,16 @@ def _record_external_base(model: ModelConfig, out: Path) -> Path:
     """Hub: download once (network needed) and record the exact commit; local: record the folder."""
     manifest = {"alias": model.alias, "source": model.source, "dtype": model.dtype}
     if model.source == "hub":
-        import os
-
         from huggingface_hub import snapshot_download
 
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise FtcError(f"model '{model.alias}' ({model.hub_id}) must be downloaded from the hub, but "
-                           "HF_HUB_OFFLINE=1; run with network, or use the embedded default (--model 135m)")
-        local = snapshot_download(model.hub_id, revision=model.revision,
-                                  allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken"])
+        from .hub import check, errors, model_ref
+
+        ref = model_ref(model)
+        check(ref)  # seconds: network, gated repo, revision (offline: is it cached?)
+        with errors(ref):
+            local = snapshot_download(model.hub_id, revision=model.revision,
+                                      allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt",
+                                                      "*.tiktoken"])
         manifest.update(hub_id=model.hub_id, requested_revision=model.revision, resolved_commit=Path(local).name,
                         note="weights stay in the HF cache (HF_HOME); loaded by hub id at run time")
     else:

@@ -65,6 +65,8 @@ class LoraSettings:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] | None = None  # None = the model config's lora_target_modules
+    use_dora: bool = False           # DoRA: weight = magnitude * direction (peft use_dora); magnitude trained too
+    use_rslora: bool = False         # rsLoRA: scale the update by alpha/sqrt(r) instead of alpha/r (peft use_rslora)
 
     def __post_init__(self):
         if self.r <= 0 or self.alpha <= 0:
@@ -113,6 +115,7 @@ class DataConfig:
                                      # chat: a list of {role, content} messages, loss on assistant turns only
     hub_id: str | None = None
     hub_config: str | None = None    # the dataset's configuration (subset) name, if it has several
+    revision: str | None = None      # hub datasets: the commit hash to load (pinned for reproducibility)
     column: str | None = None        # chat: the column holding the conversation (loader default if None)
     train_split: str = "train"
     val_split: str = "validation"
@@ -131,6 +134,9 @@ class DataConfig:
             raise ConfigError("data.n_val must be > 0: the training entry point returns a validation loss")
         if self.n_train is not None and self.n_train <= 0:
             raise ConfigError(f"data.n_train must be > 0 or null (got {self.n_train})")
+
+
+REPORT_TO = ("none", "tensorboard")  # experiment trackers with a pinned package (requirements.txt)
 
 
 @dataclass
@@ -157,6 +163,8 @@ class TrainConfig:
     # flatten each micro-batch into one row, position ids restarting per example (no pad tokens, no
     # cross-example attention: transformers' DataCollatorWithFlattening); the loss is the padded batch's
     padding_free: bool = False
+    report_to: str = "none"          # none | tensorboard: event files under <run>/tensorboard/ (train_log.jsonl
+                                     # stays the source of truth)
 
     def __post_init__(self):
         for key in ("max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
@@ -165,6 +173,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{key} must be > 0 (got {getattr(self, key)})")
         _choice("train.lr_scheduler_type", self.lr_scheduler_type,
                 ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"))
+        _choice("train.report_to", self.report_to, REPORT_TO)
 
 
 @dataclass

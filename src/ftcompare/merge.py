@@ -57,6 +57,9 @@ def merge(run: RunConfig) -> Path:
     if not summary.is_file() or not final.is_dir():
         raise FtcError(f"{run.model.alias}/{run.method.name} is not trained yet ({summary.relative_to(paths.ROOT)} "
                        f"missing); run `bash scripts/train.sh {run.model.alias} {run.method.name}` first")
+    from .hub import check_run
+
+    check_run(run)  # hub base model reachable at its pinned revision (seconds), before anything is written
     train_hash = read_json(summary)["config_hash"]
     if train_hash != run.hash():
         raise FtcError(f"{summary.relative_to(paths.ROOT)} does not match {out.relative_to(paths.ROOT)}/config.json "

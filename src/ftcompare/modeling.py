@@ -62,8 +62,11 @@ def load_tokenizer(model: ModelConfig, path: str | None = None, chat: bool = Fal
     special tokens added if ChatML is installed on a vocabulary without them (then use align_vocab)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path or base_model_path(model), trust_remote_code=model.trust_remote_code,
-                                        revision=model.revision if path is None and model.source == "hub" else None)
+    from .hub import errors, model_ref
+
+    with errors(model_ref(model) if path is None else None):
+        tok = AutoTokenizer.from_pretrained(path or base_model_path(model), trust_remote_code=model.trust_remote_code,
+                                            revision=model.revision if path is None and model.source == "hub" else None)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if chat:
@@ -103,13 +106,10 @@ def load_base(model: ModelConfig, method: MethodConfig | None = None, path: str 
     if method is not None and method.quantization is not None:
         kwargs["quantization_config"] = bnb_config(method)
         kwargs["device_map"] = device_map_for(method)
-    try:
+    from .hub import errors, model_ref
+
+    with errors(model_ref(model) if path is None else None):
         model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
-    except OSError as e:
-        if "offline" in str(e).lower() or "connect" in str(e).lower() or os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise FtcError(f"cannot load '{src}' offline: hub models need network (unset HF_HUB_OFFLINE) "
-                           "or use the embedded default (--model 135m)") from e
-        raise
     return exact_4bit_on_cpu(model)
 
 
@@ -136,7 +136,8 @@ def lora_config(run: RunConfig, new_token_ids: list[int] | None = None):
     lo = run.method.lora
     extra = {"trainable_token_indices": {"embed_tokens": list(new_token_ids)}} if new_token_ids else {}
     return LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, bias="none", task_type="CAUSAL_LM",
-                      target_modules=list(lo.target_modules or run.model.lora_target_modules), **extra)
+                      target_modules=list(lo.target_modules or run.model.lora_target_modules),
+                      use_dora=lo.use_dora, use_rslora=lo.use_rslora, **extra)
 
 
 def build_for_training(run: RunConfig, tokenizer=None):

@@ -5,6 +5,7 @@ accelerate/DDP) -> save -> summary. Outputs, at fixed paths under models/<experi
   config.json          resolved config + its hash (written first: a checkpoint from another config is discarded)
   checkpoints/         Trainer checkpoints every train.save_steps (the last train.save_total_limit kept)
   train_log.jsonl      one line per logged step: loss, lr, grad_norm, tokens/s, peak memory
+  tensorboard/         train.report_to=tensorboard: the same steps as TensorBoard events (tracking.py)
   template_view.json   chat data: one training conversation as tokens, special or not, trained or not
   final/               the trained weights: full model, or the LoRA adapter (+ tokenizer)
   train_summary.json   written last: wall time, tokens, tokens/s, peak memory, params, validation loss
@@ -24,6 +25,8 @@ from . import paths
 from .config import RunConfig
 from .io import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from .manifest import manifest, now
+from .hub import check_run, revisions
+from .tracking import trackers
 
 
 @dataclass
@@ -174,7 +177,7 @@ def _last_checkpoint(out: Path, config_hash: str, target: int | None = None) -> 
     if not ckpt_dir.is_dir():
         return None
     if not cfg_file.is_file() or read_json(cfg_file).get("config_hash") != config_hash:
-        shutil.rmtree(ckpt_dir)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # every process of a distributed launch gets here
         return None
     complete = []
     for d in ckpt_dir.glob("checkpoint-*"):
@@ -196,6 +199,38 @@ def _trim_log(log_path: Path, resume: str | None) -> None:
         atomic_write_text(log_path, "".join(line + "\n" for line in keep))
 
 
+def _is_main_process() -> bool:
+    """Process 0 of a distributed launch (torchrun / accelerate set RANK), or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _save_final(trainer, tokenizer, run: RunConfig, out: Path) -> None:
+    """final/ appears complete or not at all. Every process takes part in save_model (FSDP and ZeRO-3 gather
+    the weights for it) into one shared folder; process 0 adds the tokenizer and moves it into place."""
+    shared = out / ".final.partial"
+    main = trainer.is_world_process_zero()
+    if main:
+        shutil.rmtree(shared, ignore_errors=True)
+        shared.mkdir()
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(shared))
+    trainer.accelerator.wait_for_everyone()
+    if not main:
+        return
+    with atomic_dir(out / "final") as tmp:
+        for f in shared.iterdir():
+            os.replace(f, Path(tmp) / f.name)
+        tokenizer.save_pretrained(str(tmp))
+        if run.method.uses_adapter:  # peft stores the base path verbatim: make it absolute (TOOLCHAIN.md)
+            cfg_path = Path(tmp) / "adapter_config.json"
+            cfg = json.loads(cfg_path.read_text())
+            from .assets import base_model_path
+
+            cfg["base_model_name_or_path"] = base_model_path(run.model)
+            cfg_path.write_text(json.dumps(cfg, indent=2))
+    shutil.rmtree(shared, ignore_errors=True)
+
+
 def is_done(run: RunConfig, out: Path | None = None) -> bool:
     out = out or paths.run_dir(run.experiment, run.model.alias, run.method.name)
     summary = out / "train_summary.json"
@@ -208,6 +243,7 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
     last checkpoint. `stop_at`: stop (and checkpoint) at that step of the max_steps schedule, so a later call
     with a larger `stop_at` continues exactly where this one stopped (a search rung; ftcompare.search).
     Returns the validation loss (the number a hyperparameter search ranks by)."""
+    check_run(run)  # hub model/dataset reachable at its pinned revision (seconds), before anything is written
     import torch
     from transformers import Trainer
 
@@ -223,10 +259,11 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         raise ValueError(f"stop_at={stop_at} is outside 1..{run.train.max_steps}")
     resume = _last_checkpoint(out, config_hash, stop_at or run.train.max_steps)
     log_path = out / "train_log.jsonl"
-    _trim_log(log_path, resume)
-    (out / "train_summary.json").unlink(missing_ok=True)
     started = now()
-    atomic_write_json(out / "config.json", {"config_hash": config_hash, "config": run.to_dict()})
+    if _is_main_process():  # distributed launch: process 0 writes the run's files, every process trains
+        _trim_log(log_path, resume)
+        (out / "train_summary.json").unlink(missing_ok=True)
+        atomic_write_json(out / "config.json", {"config_hash": config_hash, "config": run.to_dict()})
 
     from .modeling import build_for_training, count_params, load_tokenizer
 
@@ -241,8 +278,9 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         from .chat import prepare_tokenizer, template_view
 
         chat_info = prepare_tokenizer(tokenizer, run.model)
-        atomic_write_json(out / "template_view.json",
-                          template_view(tokenizer, train_ex[0]["messages"], run.model.alias, chat_info))
+        if _is_main_process():
+            atomic_write_json(out / "template_view.json",
+                              template_view(tokenizer, train_ex[0]["messages"], run.model.alias, chat_info))
 
     model = build_for_training(run, tokenizer)
     trainable, total = count_params(model)
@@ -258,22 +296,15 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         eval_dataset=val_ds,
         data_collator=_collator(run, tokenizer),
         processing_class=tokenizer,
-        callbacks=[_step_logger(log_path, session, stop_at)],
+        callbacks=[_step_logger(log_path, session, stop_at), *trackers(run, out, resume)],
     )
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - session["t0"]
     val_loss = float(trainer.evaluate()["eval_loss"])
 
-    with atomic_dir(out / "final") as tmp:
-        trainer.save_model(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        if run.method.uses_adapter:  # peft stores the base path verbatim: make it absolute (TOOLCHAIN.md)
-            cfg_path = Path(tmp) / "adapter_config.json"
-            cfg = json.loads(cfg_path.read_text())
-            from .assets import base_model_path
-
-            cfg["base_model_name_or_path"] = base_model_path(run.model)
-            cfg_path.write_text(json.dumps(cfg, indent=2))
+    _save_final(trainer, tokenizer, run, out)
+    if not trainer.is_world_process_zero():
+        return TrainResult(val_loss=val_loss, summary={}, output_dir=out)
 
     steps = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
     tokens = trainer.state.num_input_tokens_seen
@@ -309,7 +340,7 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         "resumed_from": Path(resume).name if resume else None,
         "started": started,
         "finished": now(),
-        "manifest": manifest(seed=run.train.seed),
+        "manifest": manifest(seed=run.train.seed, hub=revisions(run)),
     }
     atomic_write_json(out / "train_summary.json", summary)  # last: its presence means the run is done
     print(f"[train] done in {wall:.0f} s, {tokens} tokens, val_loss {val_loss:.4f} -> "
