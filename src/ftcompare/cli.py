@@ -5,6 +5,7 @@
   merge   --experiment default --model 135m --method lora [section.key=value ...]
   resolve --experiment default --model 135m --method lora    (write-if-changed config stamps for make)
   list    models|methods|tasks|variants --experiment default  (for the Makefile)
+  export  --experiment default --model 135m --method lora     (16-bit safetensors + GGUF, round-trip checked)
 
 Errors the user can fix print one line `error: ...` and exit 2.
 """
@@ -69,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["models", "methods", "adapter-methods", "tasks", "variants", "all-models",
                                     "all-methods"])
     p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"))
+
+    from .export import add_arguments as export_arguments
+
+    export_arguments(sub.add_parser("export", help="export a trained variant (16-bit safetensors + GGUF, round-trip "
+                                    "checked) or, with --report, write the experiment's round-trip table"))
     return ap
 
 
@@ -151,8 +157,15 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    _experiment(args.experiment)
+    from .export import main as export_main
+
+    return export_main(args)
+
+
 COMMANDS = {"prepare-base": cmd_prepare_base, "train": cmd_train, "merge": cmd_merge, "resolve": cmd_resolve,
-            "list": cmd_list}
+            "list": cmd_list, "export": cmd_export}
 
 
 def register(name: str, parser_fn, command_fn) -> None:
