@@ -50,7 +50,7 @@ def test_email_limits_are_messages():
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     d = tmp_path_factory.mktemp("pool")
-    return ModelPool({"base": build_tiny_smol(d / "b", 0), "full": build_tiny_smol(d / "f", 1)}, max_loaded=2)
+    return ModelPool({"base": build_tiny_smol(d / "b", 0, init_range=0.2), "full": build_tiny_smol(d / "f", 1, init_range=0.2)}, max_loaded=2)
 
 
 @needs_135m

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -113,6 +114,10 @@ def _greedy(model, ids_list, n: int, eos_id) -> list[list[int]]:
                                max_new_tokens=n, do_sample=False, pad_token_id=eos_id, eos_token_id=eos_id)
             outs.append(g[0, len(ids):].tolist())
     return outs
+
+
+def _strip_eos(ids: list[int], eos) -> list[int]:
+    return ids[:-1] if ids and ids[-1] == eos else ids
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -209,14 +214,15 @@ def round_trip(merged: Path, hf_dir: Path, ggufs: dict[str, Path], cfg: config.E
             llama["reason"] = why_not
         else:
             t0 = time.perf_counter()
-            out = llama_cpp_greedy(ggufs["f16"], ids_list, cfg.generate_tokens)
+            # llama.cpp ends a generation at EOS without returning it; transformers returns it: compare without it
+            out = [_strip_eos(o, eos) for o in llama_cpp_greedy(ggufs["f16"], ids_list, cfg.generate_tokens)]
             texts_llama = [tok.decode(o) for o in out]
-            texts_hf = [tok.decode(o) for o in gen_by_format["f16"]]
+            texts_hf = [tok.decode(_strip_eos(o, eos)) for o in gen_by_format["f16"]]
             same = [a == b for a, b in zip(texts_llama, texts_hf)]
             limit = cfg.thresholds["f16"].min_greedy_match
             llama = {"checked": True, "runtime": "node-llama-cpp " + _npm_version("node-llama-cpp"),
                      "text_identical": sum(same), "prompts": len(same), "match": sum(same) / len(same),
-                     "same_as_reference": sum(o == r for o, r in zip(out, ref_gen)),
+                     "same_as_reference": sum(o == _strip_eos(r, eos) for o, r in zip(out, ref_gen)),
                      "seconds": round(time.perf_counter() - t0, 2),
                      "samples": [{"prompt": p, "llama_cpp": a, "transformers": b}
                                  for p, a, b in zip(cfg.prompts, texts_llama, texts_hf)]}
@@ -405,9 +411,20 @@ def main(args) -> int:
         raise FtcError("export needs --model and --method (one variant), or --report (the experiment's table)")
     config.load("models", args.model), config.load("methods", args.method)  # unknown names: one clear line
     cfg = config.load_file("export", config.ExportConfig)
+
+    def _terminate(signum, frame):  # `kill`/make's SIGTERM: unwind like Ctrl-C, so the temp folder is removed
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         export(exp.name, args.model, args.method, cfg)
     except RoundTripFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
