@@ -91,6 +91,9 @@ def test_three_tabs_and_bad_input_in_a_real_browser(chromium, tiny_app):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
+        outside = []  # the page must need nothing from the internet (fonts, scripts, analytics)
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((tiny_app, "data:", "blob:"))
+                else None)
         page.goto(tiny_app)
 
         # Chat: one turn fills both panes (base and the variant), streamed, then says done.
@@ -138,6 +141,7 @@ def test_three_tabs_and_bad_input_in_a_real_browser(chromium, tiny_app):
         _wait_status(page, "inspect-status", "more than the 1024-token context of 'base'", 15_000)
         assert not page.locator("text=Traceback").count()
         browser.close()
+    assert not outside, outside
     assert time.perf_counter() - t0 < 60
 
 
