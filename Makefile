@@ -155,8 +155,8 @@ test: $(SETUP) $(GGUF_CONVERTER) $(NODE_DEPS) ## run the test suite (sets itself
 	@$(MAKE) --no-print-directory models/base/135m/manifest.json
 	FTC_REQUIRE_BROWSER=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
-test-fast: $(SETUP) ## the test suite without the slow end-to-end tests
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
+test-fast: $(SETUP) $(GGUF_CONVERTER) $(NODE_DEPS) ## the test suite without the slow end-to-end tests
+	FTC_REQUIRE_BROWSER=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
 bench: setup ## print training/evaluation throughput and memory numbers (bench/)
 	$(PY) bench/bench.py
