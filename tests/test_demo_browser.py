@@ -28,7 +28,7 @@ def _missing(why: str):
 def chromium() -> str:
     """Path of the Chromium that npm @sparticuz/chromium unpacks (once, under .cache/chromium)."""
     try:
-        import playwright  # noqa: F401
+        import playwright  # noqa: F401  (installed?)
     except ImportError:
         _missing("playwright is not installed (requirements.txt; make setup)")
     if not (ROOT / "node_modules" / "@sparticuz" / "chromium").is_dir():

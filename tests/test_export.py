@@ -73,7 +73,8 @@ def test_export_writes_files_manifest_and_passes_its_round_trip(proj, converter,
     rt = json.loads((d / "roundtrip.json").read_text())
     assert rt["passed"]
     f16, q8, bf = rt["formats"]["f16"], rt["formats"]["q8_0"], rt["formats"]["bfloat16"]
-    assert 0 < f16["max_abs_dlogit"] < q8["max_abs_dlogit"]  # coarser format, larger error; neither is exact
+    # coarser formats, larger errors (f16 keeps 11 mantissa bits, bf16 8, q8_0 ~8 per block); none is exact
+    assert 0 < f16["max_abs_dlogit"] < min(q8["max_abs_dlogit"], bf["max_abs_dlogit"])
     assert f16["tokenizer_identical"] and q8["tokenizer_identical"] and f16["chat_template"]
     assert f16["positions"] == sum(rt["prompt_tokens"])
     ll = rt["llama_cpp"]

@@ -37,10 +37,6 @@ def sentiment(text: str) -> dict:
     return _SENTIMENT.polarity_scores(text)
 
 
-def _status(msg: str) -> str:
-    return msg
-
-
 def _fail(e: BaseException) -> str:
     if isinstance(e, FtcError):
         return f"⚠️ {e}"
@@ -463,10 +459,10 @@ def build_app(pool: ModelPool, cfg: DemoConfig, title: str = "ftcompare demo"):
             def on_inspect(p, r, v, lay, h):
                 return inspect(pool, p, r, v, lay, h)
 
-            io = [prompt, reply, ins_variant, layer, head]
-            run.click(on_inspect, io, [losses, plot, inspect_status])
-            layer.release(on_inspect, io, [losses, plot, inspect_status])
-            head.release(on_inspect, io, [losses, plot, inspect_status])
+            inputs = [prompt, reply, ins_variant, layer, head]
+            run.click(on_inspect, inputs, [losses, plot, inspect_status])
+            layer.release(on_inspect, inputs, [losses, plot, inspect_status])
+            head.release(on_inspect, inputs, [losses, plot, inspect_status])
     return demo
 
 
