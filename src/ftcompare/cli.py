@@ -7,12 +7,13 @@
   list    models|methods|tasks|variants --experiment default  (for the Makefile)
   evaluate --experiment default --model 135m --method lora --variant merged   (see ftcompare.evaluate)
   analyze [--experiment default] [--allow-missing]            tables, figures, the record
-
-This module is the top of the one-way dependency graph: cli -> stages (train, merge, evaluate, the report)
--> building blocks (config, paths, io, data, modeling, ...). It builds every sub-command itself; no module
-imports it.
   search  --experiment default --model 135m --method lora --space lora [--storage URL]
   search-args --model 135m --method full lora                 (SEARCH=... in make: overrides for one run)
+  export  --experiment default --model 135m --method lora     (16-bit safetensors + GGUF, round-trip checked)
+
+This module is the top of the one-way dependency graph: cli -> stages (train, merge, evaluate, search, export,
+the report) -> building blocks (config, paths, io, data, modeling, ...). It builds every sub-command itself;
+no module imports it.
 
 Errors the user can fix print one line `error: ...` and exit 2.
 """
@@ -104,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["models", "methods", "adapter-methods", "tasks", "variants", "all-models",
                                     "all-methods"])
     p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"))
+
+    from .export import add_arguments as export_arguments
+
+    export_arguments(sub.add_parser("export", help="export a trained variant (16-bit safetensors + GGUF, round-trip "
+                                    "checked) or, with --report, write the experiment's round-trip table"))
     return ap
 
 
@@ -232,9 +238,16 @@ def cmd_search_args(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    _experiment(args.experiment)
+    from .export import main as export_main
+
+    return export_main(args)
+
+
 COMMANDS = {"prepare-base": cmd_prepare_base, "train": cmd_train, "merge": cmd_merge, "resolve": cmd_resolve,
             "list": cmd_list, "evaluate": cmd_evaluate, "analyze": cmd_analyze, "search": cmd_search,
-            "search-args": cmd_search_args}
+            "search-args": cmd_search_args, "export": cmd_export}
 
 
 def register(name: str, parser_fn, command_fn) -> None:

@@ -261,6 +261,60 @@ class ExperimentConfig:
 
 
 @dataclass
+class RoundTripLimits:
+    """How close an export must compute to the merged checkpoint (configs/export.yaml, one entry per format)."""
+    max_abs_dlogit: float            # max |logit difference| over every position of the fixed prompts
+    min_argmax_agreement: float      # share of positions whose top-1 token is the same
+    min_greedy_match: float          # share of prompts whose greedy continuation is token-identical
+
+
+@dataclass
+class ExportConfig:
+    """configs/export.yaml: what `make export` writes for each trained variant and how it is checked."""
+    dtype: str = "bfloat16"          # the merged 16-bit safetensors: bfloat16 | float16
+    gguf_formats: list[str] = field(default_factory=lambda: ["f16", "q8_0"])  # convert_hf_to_gguf --outtype
+    prompts: list[str] = field(default_factory=list)
+    generate_tokens: int = 32        # greedy tokens compared per prompt
+    thresholds: dict[str, RoundTripLimits] = field(default_factory=dict)  # keys: dtype and every gguf format
+    llama_cpp_check: bool = True     # also run the f16 GGUF in llama.cpp (npm node-llama-cpp) when installed
+
+    def __post_init__(self):
+        _choice("export.dtype", self.dtype, ("bfloat16", "float16"))
+        for f in self.gguf_formats:
+            _choice("export.gguf_formats", f, ("f32", "f16", "bf16", "q8_0"))
+        if not self.prompts or self.generate_tokens <= 0:
+            raise ConfigError("export: needs non-empty prompts and generate_tokens > 0")
+        missing = [k for k in [self.dtype, *self.gguf_formats] if k not in self.thresholds]
+        if missing:
+            raise ConfigError(f"export.thresholds: no limits for {', '.join(missing)}; add e.g. "
+                              f"{missing[0]}: {{max_abs_dlogit: 0.5, min_argmax_agreement: 0.99, min_greedy_match: 0.75}}")
+
+
+@dataclass
+class DemoConfig:
+    """configs/demo.yaml: the Gradio app (`make demo`)."""
+    host: str = "127.0.0.1"
+    port: int = 7860
+    max_email_chars: int = 8000      # longer emails get a message in the page, not a model call
+    max_new_tokens: int = 512        # upper end of the slider
+    generation: dict[str, float] = field(default_factory=lambda: {
+        "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 128, "repetition_penalty": 1.1})
+    max_loaded_models: int = 2       # models kept in memory at once (base + one variant)
+
+
+def load_file(name: str, cls):
+    """A single-file config (configs/<name>.yaml) -> dataclass `cls`, strictly checked."""
+    path = paths.CONFIGS / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path.relative_to(paths.ROOT)} is missing; restore it from git")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path.relative_to(paths.ROOT)}: not valid YAML ({e.__class__.__name__}); fix the file") from e
+    return from_dict(cls, data, where=f"configs/{name}.yaml")
+
+
+@dataclass
 class RunConfig:
     """Everything one training run depends on: what is hashed and stored next to its outputs."""
     experiment: str
