@@ -155,6 +155,13 @@ COMMANDS = {"prepare-base": cmd_prepare_base, "train": cmd_train, "merge": cmd_m
             "list": cmd_list}
 
 
+def _cmd_analyze(args) -> int:
+    """analyze results: checked tables, figures and models_evaluation_record.md"""
+    from . import report
+
+    return report.run(args.experiment, args.allow_missing)
+
+
 def register(name: str, parser_fn, command_fn) -> None:
     """Later stages (evaluate, analyze) add their sub-command here."""
     EXTRA.append((name, parser_fn, command_fn))
@@ -165,7 +172,10 @@ EXTRA: list = []
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    from . import analyze as _analyze  # noqa: F401  (registers `analyze`; imports no ML library)
+    from . import report  # the analyzer (imports no ML library)
+
+    if not any(name == "analyze" for name, _, _ in EXTRA):
+        register("analyze", report.add_arguments, _cmd_analyze)
     from . import evaluate as _evaluate  # noqa: F401  (registers `evaluate`; imports no ML library)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, parser_fn, command_fn in EXTRA:
