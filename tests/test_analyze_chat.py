@@ -73,9 +73,14 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return math.fsum(values) / len(values), statistics.stdev(values) / math.sqrt(len(values))
 
 
-def _write_eval(root, cell: str) -> None:
-    method, _, variant = cell.partition("-")
-    out = root / "evaluation_results" / EXP / MODEL / cell
+def _write_eval(root, cell: str, method: str | None = None) -> None:
+    """The evaluation with the synthetic numbers of `cell` (a name in CELLS); `method` names it otherwise."""
+    from ftcompare.paths import eval_dir
+
+    if method is None:
+        method = "base" if cell == "base" else METHODS[CELLS.index(cell) - 1]
+    variant = None if method == "base" else "merged"
+    out = eval_dir(EXP, MODEL, method, variant or "merged")
     out.mkdir(parents=True)
     results, configs, hib, nsamples, generation = {}, {}, {}, {}, {}
     for task in (GREEDY, SAMPLED):
@@ -132,15 +137,19 @@ def _write_eval(root, cell: str) -> None:
         "higher_is_better": hib, "n-samples": nsamples, "config": {}, "ftcompare": block}, indent=1))
 
 
-def _write_training(root, method: str) -> None:
-    out = root / "models" / EXP / MODEL / method
+def _write_training(root, method: str, role: str | None = None) -> None:
+    """The training run of `method` with the synthetic numbers of `role` (a name in METHODS, default: method)."""
+    from ftcompare.paths import run_dir
+
+    role = role or method
+    out = run_dir(EXP, MODEL, method)
     out.mkdir(parents=True)
     cfg = {"experiment": EXP, "model": {"alias": MODEL, "source": "local"},
            "method": {"name": method, "learning_rate": 1e-4,
-                      "lora": None if method == "full" else {"r": 8, "alpha": 16, "dropout": 0.05,
-                                                             "target_modules": ["q_proj"]},
+                      "lora": None if role == "full" else {"r": 8, "alpha": 16, "dropout": 0.05,
+                                                           "target_modules": ["q_proj"]},
                       "quantization": {"quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
-                      if method == "qlora" else None},
+                      if role == "qlora" else None},
            "data": {"name": "chitchat", "loader": "chitchat", "format": "chat", "license": "MIT",
                     "description": "synthetic conversations"},
            "train": {"seed": 42, "max_steps": 4}}
@@ -148,12 +157,12 @@ def _write_training(root, method: str) -> None:
     (out / "config.json").write_text(json.dumps({"config": cfg, "config_hash": h}))
     (out / "train_summary.json").write_text(json.dumps({
         "experiment": EXP, "model": MODEL, "method": method, "config_hash": h, "global_step": 4, "max_steps": 4,
-        "tokens_seen": 4000, "wall_time_s": 10.0 + METHODS.index(method), "tokens_per_second": 400.0,
-        "peak_memory_mb": 900.0 - 100 * METHODS.index(method), "peak_memory_kind": "cpu_max_rss",
+        "tokens_seen": 4000, "wall_time_s": 10.0 + METHODS.index(role), "tokens_per_second": 400.0,
+        "peak_memory_mb": 900.0 - 100 * METHODS.index(role), "peak_memory_kind": "cpu_max_rss",
         "trainable_params": 1000, "trainable_percent": 1.0, "train_loss_last": 2.0, "val_loss": 2.1}))
     (out / "train_log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3.0 - 0.2 * s}) + "\n"
                                                  for s in range(1, 5)))
-    if method == METHODS[0]:
+    if role == METHODS[0]:
         toks = [("<|im_start|>", True, False), ("user", False, False), ("\n", False, False), ("Hi", False, False),
                 ("<|im_end|>", True, False), ("\n", False, False), ("<|im_start|>", True, False),
                 ("assistant", False, False), ("\n", False, False), ("Hello", False, True), (" there", False, True),
@@ -199,7 +208,7 @@ def chat_proj(project):
 
 
 def analyze(experiment: str = EXP):
-    from ftcompare.analyze import run
+    from ftcompare.report import run
 
     out, err = io.StringIO(), io.StringIO()
     rc = run(experiment, out=out, err=err)
@@ -311,14 +320,20 @@ def test_experiment_without_generation_has_no_chat_section(chat_proj):
 
 
 def test_direction_words():
-    from ftcompare.analyze import direction_phrase, metric_display
+    """The record's direction sentences (templates/record_macros.j2): a lower-is-better metric flips them."""
+    from ftcompare.report.display import metric_display
+    from ftcompare.report.record import macro
 
-    assert direction_phrase("x", "reply_nll", False, -0.1) == "x is **better**"
-    assert direction_phrase("x", "reply_nll", False, 0.1) == "x is **worse**"
-    assert direction_phrase("x", "acc", True, 0.1) == "x is **better**"
-    assert direction_phrase("x", "length", None, 3.0) == "x's replies are **longer**"
-    assert direction_phrase("x", "length", None, -3.0) == "x's replies are **shorter**"
-    assert direction_phrase("x", "chrf", None, -1.0) == "x's chrf is **lower**"
+    direction = macro("direction")
+    assert direction("x", "reply_nll", False, -0.1) == "x is **better**"
+    assert direction("x", "reply_nll", False, 0.1) == "x is **worse**"
+    assert direction("x", "acc", True, 0.1) == "x is **better**"
+    assert direction("x", "length", None, 3.0) == "x's replies are **longer**"
+    assert direction("x", "length", None, -3.0) == "x's replies are **shorter**"
+    assert direction("x", "chrf", None, -1.0) == "x's chrf is **lower**"
+    note = macro("better_note")
+    assert note(False, 0.2) == ", the first is better" and note(False, -0.2) == ", the second is better"
+    assert note(True, 0.2) == "" and note(None, 0.2) == ""
     assert metric_display("length").value(37.0) == "37.0" and metric_display("stopped").value(0.5) == "50.0"
     assert metric_display("reply_nll").delta(-0.5) == "-0.500" and metric_display("acc").delta(-0.0001) == "+0.0"
     assert metric_display("reply_nll").with_unit(2.275) == "2.275 nats"
@@ -326,9 +341,55 @@ def test_direction_words():
 
 
 def test_loop_detection():
-    from ftcompare.analyze import is_loop
+    from ftcompare.report.chat import is_loop
 
     assert is_loop("i'm sorry, i'm sorry, i'm sorry, i'm sorry, i'm sorry, i'm sorry,")
     assert is_loop("no, no it is not.\n\nno, no it is not.\n\nno, no it is not")
     assert not is_loop("The question of whether computers can be made to be better is a classic conundrum")
     assert not is_loop("a b c d a b c d")  # twice is not a loop
+
+
+def test_a_method_name_with_a_hyphen_goes_through_end_to_end(project):
+    """Run identity is (model, method, variant) data, never parsed from a label: method `lora-r8` (label
+    `lora-r8-merged`) is tabulated, compared, coloured and described under its own name."""
+    import csv as _csv
+
+    from ftcompare.report.analysis import analyze as analyze_inputs
+    from ftcompare.report.checks import build_inputs
+    from ftcompare.report.figure_data import figure_data
+    from ftcompare.report.load import RunId
+
+    lora = (project / "configs" / "methods" / "lora.yaml").read_text()
+    (project / "configs" / "methods" / "lora-r8.yaml").write_text(
+        lora.replace("name: lora", "name: lora-r8").replace("r: 16", "r: 8"))
+    (project / "configs" / "experiments" / f"{EXP}.yaml").write_text(
+        EXPERIMENT_YAML.replace("methods: [full, lora, qlora]", "methods: [full, lora-r8, qlora]"))
+    methods = {"full": "full", "lora-r8": "lora", "qlora": "qlora"}     # method -> the synthetic numbers it gets
+    _write_eval(project, "base")
+    for method, role in methods.items():
+        _write_eval(project, f"{role}-merged", method=method)
+        _write_training(project, method, role=role)
+    assert (project / "evaluation_results" / EXP / MODEL / "lora-r8-merged" / "results.json").is_file()
+
+    rc, err = analyze()
+    assert rc == 0, err
+    out = project / "results" / EXP
+    with open(out / "model_comparison" / f"{GREEDY}_comparisons.csv") as f:
+        comps = [r for r in _csv.DictReader(f) if r["metric"] == "stopped"]
+    assert {r["second"] for r in comps if r["comparison"] == "vs base"} == {"full-merged", "lora-r8-merged",
+                                                                           "qlora-merged"}
+    # lora-r8 has the numbers of `lora` above: 1 of 20 greedy replies did not stop (base: 10)
+    r8 = next(r for r in comps if r["second"] == "lora-r8-merged" and r["first"] == "base")
+    assert (r8["n_right_first_only"], r8["n_right_second_only"]) == ("0", "9")
+    with open(out / "model_comparison" / "chat_behaviour.csv") as f:
+        rows = [r for r in _csv.DictReader(f) if r["evaluated"] == "lora-r8-merged"]
+    assert {(r["method"], r["variant"]) for r in rows} == {("lora-r8", "merged")} and len(rows) == 2
+    record = (out / "models_evaluation_record.md").read_text()
+    assert "`lora-r8-merged` (model 135m) **meets** the target: it stops at end-of-turn on 95.0% of the 20" in record
+    assert "| 135m | lora-r8 | 0.0001 | r=8, alpha=16, dropout=0.05 |" in record
+
+    an = analyze_inputs(build_inputs(EXP))
+    assert RunId(MODEL, "lora-r8", "merged") in an.inputs.evals
+    deltas = figure_data(an).deltas
+    assert {d.method for d in deltas} == {"full", "lora-r8", "qlora"}     # the colour key is the method itself
+    assert {d.label for d in deltas if d.method == "lora-r8"} == {"lora-r8-merged"}
