@@ -7,6 +7,7 @@ the task's `metadata`, which lm-eval copies from the task YAML into results["con
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -109,6 +110,12 @@ def task_facts(task: str, config: dict) -> TaskFacts:
 
 def task_yaml_metadata(task: str) -> dict:
     """metadata of the task YAML named `task` under ftcompare.paths.TASKS (its `include:` first), else {}."""
+    return dict(_yaml_metadata(paths.TASKS).get(task) or {})
+
+
+@lru_cache(maxsize=8)
+def _yaml_metadata(root: Path) -> dict[str, dict]:
+    """task -> metadata of every task YAML under `root` (read once per root)."""
     import yaml
 
     class _Loader(yaml.SafeLoader):
@@ -122,17 +129,15 @@ def task_yaml_metadata(task: str) -> dict:
         meta = load(path.parent / inc).get("metadata") or {} if isinstance(inc, str) else {}
         return {**doc, "metadata": {**meta, **(doc.get("metadata") or {})}}
 
-    root = paths.TASKS
-    if not root.is_dir():
-        return {}
-    for path in sorted(root.rglob("*.yaml")):
+    found: dict[str, dict] = {}
+    for path in sorted(root.rglob("*.yaml")) if root.is_dir() else []:
         try:
             doc = load(path)
         except (OSError, yaml.YAMLError):
             continue
-        if doc.get("task") == task:
-            return dict(doc.get("metadata") or {})
-    return {}
+        if isinstance(doc.get("task"), str):
+            found.setdefault(doc["task"], doc.get("metadata") or {})
+    return found
 
 
 # ==================================================================================================
