@@ -41,3 +41,12 @@ def test_the_record_prose_is_in_the_template():
     src = (REPORT / "record.py").read_text()
     assert ".replace(" not in src and "string.Template" not in src
     assert (ROOT / "src" / "ftcompare" / "templates" / "record.md.j2").is_file()
+
+
+def test_run_identity_is_formatted_in_one_place():
+    from ftcompare.identity import RunId, format_run
+
+    assert RunId("135m", "base").label == "base" and RunId("135m", "base").is_base
+    assert format_run(RunId("135m", "lora-r8", "merged")) == "lora-r8-merged"
+    assert RunId("135m", "lora-r8", "adapter", seed=7).label == "lora-r8-adapter seed 7"
+    assert RunId("135m", "lora-r8", "merged") != RunId("135m", "lora", "r8-merged")   # same label, other run

@@ -14,33 +14,8 @@ from types import MappingProxyType
 from typing import Mapping
 
 from .. import paths
+from ..identity import RunId, format_run  # noqa: F401  (re-exported for the report)
 from .layout import rel
-
-
-# ==================================================================================================
-# Identity
-# ==================================================================================================
-@dataclass(frozen=True, order=True)
-class RunId:
-    """One evaluated model: the untuned base (method "base", no variant) or a method's merged/adapter variant."""
-    model: str
-    method: str
-    variant: str = ""            # "" for base
-    seed: int | None = None      # training seed, when runs of several seeds are compared (None: the only one)
-
-    @property
-    def is_base(self) -> bool:
-        return self.method == "base"
-
-    @property
-    def label(self) -> str:
-        return format_run(self)
-
-
-def format_run(run: RunId) -> str:
-    """The one text form of a run in tables, figures and the record: base | <method>-<variant>[ seed <s>]."""
-    text = "base" if run.is_base else f"{run.method}-{run.variant}"
-    return text if run.seed is None else f"{text} seed {run.seed}"
 
 
 # ==================================================================================================
