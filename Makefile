@@ -128,7 +128,8 @@ evaluation_results/$(EXPERIMENT)/%-merged/results.json: models/$(EXPERIMENT)/%/m
 evaluation_results/$(EXPERIMENT)/%-adapter/results.json: models/$(EXPERIMENT)/%/merged/merge_manifest.json $(EVAL_DEPS)
 	bash scripts/evaluate_models.sh $(*D) $(*F) adapter $(EVAL_ARGS)
 
-ANALYZER := analyze_results.py $(wildcard src/ftcompare/*.py src/ftcompare/report/*.py src/ftcompare/templates/*)
+ANALYZER := analyze_results.py requirements-assets.txt $(wildcard src/ftcompare/*.py src/ftcompare/report/*.py \
+            src/ftcompare/templates/*)
 
 $(RECORD): $(EVALS) $(TRAINED) $(ANALYZER)
 	$(PY) analyze_results.py --experiment $(EXPERIMENT)

@@ -58,6 +58,9 @@ metric_list:
 metadata:
   version: 1.0
   upstream_task: hellaswag
+  report_metrics: ["acc_norm,none", "acc,none"]
+  source: "{N_MC_ROWS} packaged HellaSwag rows"
+  license: MIT
 """)
     (tasks / f"{GEN}.yaml").write_text(f"""\
 task: {GEN}
@@ -93,6 +96,9 @@ metric_list:
 metadata:
   version: 3.0
   upstream_task: gsm8k_cot
+  report_metrics: ["exact_match,strict-match", "exact_match,flexible-extract"]
+  license: MIT
+  caveat: "{GEN} is scored by both filters."
 """)
 
 
@@ -161,13 +167,15 @@ def built_project(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 def _patch_paths(mp, root: Path) -> None:
+    """Point the project at `root` ($FTCOMPARE_ROOT)."""
     from ftcompare import paths
 
     mp.setenv("FTCOMPARE_ROOT", str(root))
-    for attr, value in {"ROOT": root, "CONFIGS": root / "configs", "MODELS": root / "models",
-                        "EVAL_RESULTS": root / "evaluation_results", "RESULTS": root / "results",
-                        "TASKS": root / "tasks"}.items():
-        mp.setattr(paths, attr, value)
+    fixed = {"ROOT": root, "CONFIGS": root / "configs", "MODELS": root / "models",
+             "EVAL_RESULTS": root / "evaluation_results", "RESULTS": root / "results", "TASKS": root / "tasks"}
+    for attr, value in fixed.items():
+        if attr in vars(paths):   # only where paths are fixed at import (not computed from the root when asked)
+            mp.setattr(paths, attr, value)
 
 
 @pytest.fixture()
@@ -181,7 +189,7 @@ def proj(built_project, tmp_path, monkeypatch) -> Path:
 
 
 def analyze(*, allow_missing=False) -> tuple[int, str, str]:
-    from ftcompare.analyze import run
+    from ftcompare.report import run
 
     out, err = io.StringIO(), io.StringIO()
     rc = run(EXP, allow_missing=allow_missing, out=out, err=err)
@@ -202,6 +210,63 @@ def outputs(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in files if p.is_file()}
 
 
+def _wilson_half_points(n: int, z: float = 1.959963984540054) -> int:
+    """Half width (percentage points, rounded) of the Wilson 95% interval of k = n/2 of n, by the formula."""
+    return round(100 * z * math.sqrt(0.25 / n + z * z / (4 * n * n)) / (1 + z * z / n))
+
+
+def _check_record_numbers(proj: Path, record: str) -> None:
+    """The record's numbers, recomputed here from the samples and JSON files (not from the analyzer's tables)."""
+    def outcomes(name, task, metric, filt="none"):
+        rows = map(json.loads, (cell_dir(proj, name) / f"samples_{task}.jsonl").read_text().splitlines())
+        return {r["doc_id"]: r[metric] for r in rows if r["filter"] == filt}
+
+    cells = ["full-merged", "lora-merged", "lora-adapter", "qlora-merged", "qlora-adapter"]
+    n_total = n_sig_raw = n_findings = 0
+    for task, keys in ((MC, [("acc_norm", "none"), ("acc", "none")]),
+                       (GEN, [("exact_match", "strict-match"), ("exact_match", "flexible-extract")])):
+        for metric, filt in keys:
+            sides = {"base": outcomes("base", task, metric, filt), **{c: outcomes(c, task, metric, filt) for c in cells}}
+            names = list(sides)
+            for i, a in enumerate(names):
+                for b in names[i + 1:]:
+                    x, y = sides[a], sides[b]
+                    only_a = sum(1 for d in x if x[d] == 1 and y[d] == 0)
+                    only_b = sum(1 for d in x if x[d] == 0 and y[d] == 1)
+                    m = only_a + only_b
+                    p = 1.0 if m == 0 else min(1.0, 2 * sum(math.comb(m, j) for j in range(min(only_a, only_b) + 1))
+                                               / 2 ** m)
+                    n_total += 1
+                    n_sig_raw += p < 0.05
+                    if (task, metric, a) == (MC, "acc_norm", "base") and p >= 0.05:   # the plain-words finding
+                        delta = 100 * (only_b - only_a) / len(x)
+                        assert f"{b}: no difference from base detected ({delta:+.1f} points, 95% CI " in record, b
+                        n_findings += 1
+    assert n_total == 60 and n_findings > 0
+    base_acc_norm = 100 * sum(outcomes("base", MC, "acc_norm").values()) / LIMIT
+    assert f"- **{MC}** (acc_norm, n={LIMIT}, base {base_acc_norm:.1f}%), model tiny: " in record
+    bottom = record.split("**Bottom line.** ")[1].splitlines()[0]
+    assert bottom.startswith(f"None of the {n_total} paired comparisons") or \
+        bottom.startswith(f"{n_total} paired comparisons") or f" of {n_total} paired comparisons" in bottom
+    if n_sig_raw and bottom.startswith("None"):
+        assert f"({n_sig_raw} reach p < 0.05 before correction" in bottom
+    # task facts from the task YAML's metadata, carried by lm-eval into results.json
+    meta = json.loads((cell_dir(proj, "base") / "results.json").read_text())["configs"][MC]["metadata"]
+    assert meta["source"] == f"{N_MC_ROWS} packaged HellaSwag rows" and meta["license"] == "MIT"
+    assert f"| {MC} | {N_MC_ROWS} packaged HellaSwag rows (twin of lm-eval's `hellaswag`) | MIT | test | " \
+           f"{LIMIT} of {N_MC_ROWS} | 0 |" in record
+    assert f"- {GEN} is scored by both filters.\n" in record
+    n_gen = len(GEN_DOCS)
+    assert f"- Small evaluation sets (n = {n_gen}, {LIMIT}): 95% CIs are wide (at n={LIMIT} a single score's CI is " \
+           f"about ±{_wilson_half_points(LIMIT)} points, at n={n_gen} about ±{_wilson_half_points(n_gen)})" in record
+    for method in METHOD_LR:
+        summary = json.loads((proj / "models" / EXP / "tiny" / method / "train_summary.json").read_text())
+        assert f"| tiny | {method} | 20 | {summary['tokens_seen']:,} | {summary['wall_time_s']:,.1f} |" in record
+    n_evals = 1 + sum(len(v) for v in VARIANTS.values())
+    assert f"All checks passed for {n_evals} evaluations ({2 * n_evals} model x task results) and 3 training runs:" \
+        in record
+
+
 # --------------------------------------------------------------------------------------------------
 def test_analyze_writes_record_tables_figures_and_is_byte_identical(proj):
     rc, out, err = analyze()
@@ -214,9 +279,7 @@ def test_analyze_writes_record_tables_figures_and_is_byte_identical(proj):
     for p in figs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
         assert f"](results/figures/{p.name})" in record, f"{p.name} not embedded"
-    for needle in ("python analyze_results.py --experiment default", "McNemar", "Wilson", "Newcombe", "Holm",
-                   "no difference detected", "source_id", "acc_norm", "strict-match", "flexible-extract"):
-        assert needle in record, needle
+    _check_record_numbers(proj, record)
     # no generation tasks: no chat section, link or figure (the chat experiment: tests/test_analyze_chat.py)
     assert "Conversational behaviour" not in record and "## 4a." not in record and "$" not in record
     assert not any(n.startswith("chat_") for n in names)
@@ -404,7 +467,7 @@ def test_other_experiments_go_to_all_results_and_never_block(proj):
 
 
 def test_output_layout(project):
-    from ftcompare import analyze as a
+    from ftcompare.report import layout as a
     from ftcompare.errors import FtcError
 
     assert a.record_path("default") == project / "models_evaluation_record.md"

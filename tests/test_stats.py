@@ -120,11 +120,35 @@ def test_newcombe_coverage_by_simulation():
 # --------------------------------------------------------------------------------------------------
 # lm-eval's stderr, bootstrap, permutation, Holm
 # --------------------------------------------------------------------------------------------------
-def test_binomial_stderr_is_lm_evals():
+@pytest.mark.parametrize("k, n", [(13, 40), (0, 20), (20, 20), (1, 2), (77, 200)])
+def test_binomial_stderr_is_lm_evals_and_the_hand_formula(k, n):
     from lm_eval.api.metrics import mean_stderr
 
-    items = [1.0] * 13 + [0.0] * 27
-    assert stats.lm_eval_binomial_stderr(13 / 40, 40) == pytest.approx(mean_stderr(items), rel=1e-12)
+    p = k / n
+    assert stats.binomial_stderr(p, n) == mean_stderr([1.0] * k + [0.0] * (n - k))   # the library call itself
+    assert stats.binomial_stderr(p, n) == pytest.approx(math.sqrt(p * (1 - p) / (n - 1)), rel=1e-12, abs=1e-15)
+
+
+def test_mcnemar_exact_equals_the_hand_formula_to_the_last_bits_after_rounding():
+    """binomtest replaced a hand-written 2 * Binomial cdf: the same p-values (to 1e-15 relative, so the same
+    after the tables' 6-digit rounding) for every discordant split up to 120 pairs."""
+    for m in range(1, 121):
+        for b in range(m + 1):
+            hand = min(1.0, 2 * sum(math.comb(m, j) for j in range(min(b, m - b) + 1)) / 2 ** m)
+            got = stats.mcnemar_exact(b, m - b)
+            assert got == pytest.approx(hand, rel=1e-13, abs=0), (b, m - b)
+            assert round(got, 6) == round(hand, 6), (b, m - b)
+
+
+def test_normal_interval_uses_lm_evals_stderr():
+    from lm_eval.api.metrics import mean_stderr
+
+    values = [0.5, 0.7, 0.6, 0.9]
+    lo, hi, how = stats.proportion_ci(values)
+    mean = sum(values) / 4
+    hand = math.sqrt(sum((v - mean) ** 2 for v in values) / 3 / 4)
+    assert how == "normal" and mean_stderr(values) == pytest.approx(hand, rel=1e-12)
+    assert (lo, hi) == pytest.approx((mean - stats.Z95 * hand, mean + stats.Z95 * hand), rel=1e-12)
 
 
 def test_paired_bootstrap_is_seeded_and_sane():

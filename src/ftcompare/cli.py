@@ -31,9 +31,9 @@ from .errors import FtcError
 
 def _report():
     """The report stage (its add_arguments / run). The one place that names its module."""
-    from . import analyze
+    from . import report
 
-    return analyze
+    return report
 
 
 def add_run_identity(p: argparse.ArgumentParser, method_help: str = "configs/methods/<name>.yaml") -> None:
@@ -248,20 +248,6 @@ def cmd_export(args) -> int:
 COMMANDS = {"prepare-base": cmd_prepare_base, "train": cmd_train, "merge": cmd_merge, "resolve": cmd_resolve,
             "list": cmd_list, "evaluate": cmd_evaluate, "analyze": cmd_analyze, "search": cmd_search,
             "search-args": cmd_search_args, "export": cmd_export}
-
-
-def register(name: str, parser_fn, command_fn) -> None:
-    """Later stages (evaluate, analyze) add their sub-command here."""
-    EXTRA.append((name, parser_fn, command_fn))
-
-
-# Transitional: analyze.py (being replaced by the report package) still calls cli.register when imported.
-# Nothing reads EXTRA; delete both with analyze.py.
-EXTRA: list = []
-
-
-def register(name: str, parser_fn, command_fn) -> None:
-    EXTRA.append((name, parser_fn, command_fn))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,8 @@ independent samples: the same hard items are hard for every method, and pairing 
                          (both seeded: the same inputs give the same numbers)
   many comparisons       Holm's step-down adjustment (controls the family-wise error rate)
 
-Only numpy/scipy; imported lazily by the analyzer.
+Library calls where a library has the test (scipy.stats.binomtest, lm-eval's mean_stderr); imported
+lazily by the report.
 """
 from __future__ import annotations
 
@@ -49,25 +50,28 @@ def wilson_ci(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     return lo, hi
 
 
-def lm_eval_binomial_stderr(p: float, n: int) -> float:
-    """The standard error lm-eval reports for a mean of 0/1 items: sample std (ddof=1) / sqrt(n)
-    = sqrt(p (1 - p) / (n - 1)) (lm_eval.api.metrics.mean_stderr)."""
+def binomial_stderr(p: float, n: int) -> float:
+    """The standard error lm-eval reports for a mean of n 0/1 items, k = round(p n) of them 1:
+    lm_eval.api.metrics.mean_stderr (sample std, ddof=1, / sqrt(n) = sqrt(p (1 - p) / (n - 1)))."""
     if n < 2:
         return float("nan")
-    return math.sqrt(max(p * (1 - p), 0.0) / (n - 1))
+    from lm_eval.api.metrics import mean_stderr
+
+    k = round(p * n)
+    return float(mean_stderr([1.0] * k + [0.0] * (n - k)))
 
 
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar test: under H0 each of the b + c discordant pairs is equally likely to
-    go either way, so min(b, c) ~ Binomial(b + c, 1/2); p = min(1, 2 P(X <= min(b, c)))."""
+    go either way, so b ~ Binomial(b + c, 1/2): scipy.stats.binomtest's two-sided p-value
+    (= min(1, 2 P(X <= min(b, c)))); 1 without discordant pairs."""
     if b < 0 or c < 0:
         raise ValueError("discordant counts must be >= 0")
-    m = b + c
-    if m == 0:
+    if b + c == 0:
         return 1.0
-    from scipy.stats import binom
+    from scipy.stats import binomtest
 
-    return float(min(1.0, 2.0 * binom.cdf(min(b, c), m, 0.5)))
+    return float(binomtest(b, b + c, 0.5).pvalue)
 
 
 def newcombe_paired_ci(a: int, b: int, c: int, d: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -196,7 +200,9 @@ def proportion_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
     if is_binary(values):
         lo, hi = wilson_ci(int(sum(values)), n, confidence)
         return lo, hi, "Wilson"
+    from lm_eval.api.metrics import mean_stderr
+
     mean = sum(values) / n
-    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else float("nan")
+    se = float(mean_stderr(list(values))) if n > 1 else float("nan")
     z = z_value(confidence)
     return mean - z * se, mean + z * se, "normal"
