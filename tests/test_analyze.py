@@ -486,3 +486,17 @@ def test_results_evaluated_with_other_settings_than_the_config_are_refused(proj)
     rc, _, err = analyze()
     assert rc == 1
     assert f"base/results.json: n-samples.{MC}.effective: {LIMIT} of {N_MC_ROWS}, but" in err
+
+
+def test_runs_of_one_model_from_different_hub_revisions_are_refused(proj):
+    """The analyzer refuses runs of one model made from different hub revisions (hub.revision_problems)."""
+    rc, _, _ = analyze()
+    assert rc == 0
+    for method, rev in (("full", "aaaa111"), ("lora", "bbbb222")):
+        path = proj / "models" / EXP / "tiny" / method / "train_summary.json"
+        summary = json.loads(path.read_text())
+        summary.setdefault("manifest", {})["hub"] = {"model": {"id": "org/tiny", "revision": rev}}
+        path.write_text(json.dumps(summary))
+    rc, _, err = analyze()
+    assert rc == 1
+    assert "manifest.hub: model tiny (org/tiny) comes from" in err and "aaaa111" in err and "bbbb222" in err

@@ -168,6 +168,26 @@ def build_for_training(run: RunConfig, tokenizer=None):
     return model
 
 
+def precision(model, bf16: bool) -> dict:
+    """What the precision policy gave this model: the dtypes of its parameters by kind (trainable; frozen
+    norms, embeddings, linear weights; 4-bit packed weights as nf4/fp4) and the compute dtype."""
+    kinds: dict[str, set] = {}
+    for name, p in model.named_parameters():
+        qs = getattr(p, "quant_state", None)
+        if p.requires_grad:
+            kind = "trainable"
+        elif "norm" in name:
+            kind = "frozen norms"
+        elif "embed" in name or "lm_head" in name:
+            kind = "frozen embeddings"
+        else:
+            kind = "frozen linear"
+        dtype = getattr(qs, "quant_type", None) or ("4-bit" if qs is not None else str(p.dtype).replace("torch.", ""))
+        kinds.setdefault(kind, set()).add(dtype)
+    return {**{k: "/".join(sorted(v)) for k, v in sorted(kinds.items())},
+            "compute": "bf16 autocast" if bf16 else "as stored"}
+
+
 def count_params(model) -> tuple[int, int]:
     """(trainable, total); 4-bit packed weights are counted by their logical shape."""
     trainable = total = 0

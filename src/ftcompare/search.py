@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from . import config, paths
+from .search_report import _get, _redact, resolve_trial, search_dir, trial_overrides, write_outputs  # noqa: F401
 from .errors import ConfigError, FtcError
 from .io import atomic_write_json, atomic_write_text
 
@@ -296,27 +297,6 @@ def load_space(name: str) -> SearchSpace:
 # --------------------------------------------------------------------------------------------------
 # Configurations
 # --------------------------------------------------------------------------------------------------
-def _get(d: dict, dotted: str):
-    for p in dotted.split("."):
-        if not isinstance(d, dict):
-            return None
-        d = d.get(p)
-    return d
-
-
-def trial_overrides(space: SearchSpace, params: dict) -> dict[str, Any]:
-    out = dict(space.fixed)
-    for p in space.params:
-        if p.name in params:
-            out.update(p.overrides(params[p.name]))
-    out["train.max_steps"] = space.budget.max_steps
-    return out
-
-
-def resolve_trial(experiment: str, model: str, method: str, space: SearchSpace, params: dict) -> config.RunConfig:
-    return config.resolve_run(experiment, model, method, trial_overrides(space, params))
-
-
 def baseline_params(space: SearchSpace, base: config.RunConfig) -> dict:
     """The experiment's own settings, expressed in the space's parameters (a group gets its values' label)."""
     d = base.to_dict()
@@ -377,22 +357,9 @@ def draw_configs(space: SearchSpace) -> list[dict]:
 # --------------------------------------------------------------------------------------------------
 # Study
 # --------------------------------------------------------------------------------------------------
-def search_dir(name: str) -> Path:
-    return paths.RESULTS / "search" / name
-
-
 def trial_dir(name: str, index: int) -> Path:
     """A trial's training run (checkpoints, log, adapter): gitignored, like every trained run."""
     return paths.MODELS / "search" / name / f"config-{index:03d}"
-
-
-def _redact(url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001  (not parseable: show only the scheme)
-        return url.split("://", 1)[0] + "://..." if "://" in url else "(unparseable URL)"
 
 
 def open_storage(url: str):
@@ -661,7 +628,6 @@ def search(experiment: str, model: str | None, method: str | None, space_name: s
     base = check_space(space, experiment, model, method)
     study, url = open_study(space, name, experiment, model, method, storage, base)
     if report_only:
-        from .search_report import write_outputs
 
         return write_outputs(study, space, name, experiment, model, method, url)
     back = requeue_dead_trials(study)
@@ -683,6 +649,5 @@ def search(experiment: str, model: str | None, method: str | None, space_name: s
             break
         run_trial(study, trial, space, name, experiment, model, method, after_rung=alive)
     print(f"[search] {name}: this worker ran {time.time() - t0:.0f} s", flush=True)
-    from .search_report import write_outputs
 
     return write_outputs(study, space, name, experiment, model, method, url)

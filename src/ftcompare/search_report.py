@@ -157,9 +157,42 @@ def _fairness(name: str, experiment: str, model: str, method: str, space) -> dic
             "same_budget": len(budgets) == 1, "statement": text}
 
 
-def write_outputs(study, space, name: str, experiment: str, model: str, method: str, url: str) -> Path:
-    from .search import _redact, resolve_trial, search_dir
+# Building blocks shared with ftcompare.search (which imports this module; this one imports nothing of it).
+def _get(d: dict, dotted: str):
+    for p in dotted.split("."):
+        if not isinstance(d, dict):
+            return None
+        d = d.get(p)
+    return d
 
+
+def trial_overrides(space: SearchSpace, params: dict) -> dict[str, Any]:
+    out = dict(space.fixed)
+    for p in space.params:
+        if p.name in params:
+            out.update(p.overrides(params[p.name]))
+    out["train.max_steps"] = space.budget.max_steps
+    return out
+
+
+def resolve_trial(experiment: str, model: str, method: str, space: SearchSpace, params: dict) -> config.RunConfig:
+    return config.resolve_run(experiment, model, method, trial_overrides(space, params))
+
+
+def search_dir(name: str) -> Path:
+    return paths.RESULTS / "search" / name
+
+
+def _redact(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001  (not parseable: show only the scheme)
+        return url.split("://", 1)[0] + "://..." if "://" in url else "(unparseable URL)"
+
+
+def write_outputs(study, space, name: str, experiment: str, model: str, method: str, url: str) -> Path:
     out = search_dir(name)
     direction = study.direction.name.lower()
     rows = collect(study, space)
@@ -174,8 +207,6 @@ def write_outputs(study, space, name: str, experiment: str, model: str, method: 
     if best:
         run = resolve_trial(experiment, model, method, space, best["params"])
         d = run.to_dict()
-        from .search import _get
-
         overrides = {}
         for p in space.params:
             for k in p.overrides(best["params"][p.name]):

@@ -284,6 +284,9 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
 
     model = build_for_training(run, tokenizer)
     trainable, total = count_params(model)
+    from .modeling import precision
+
+    precision_used = precision(model, run.train.bf16)
     print(f"[train] {run.experiment}/{run.model.alias}/{run.method.name}: {trainable:,} trainable of {total:,} params "
           f"({100 * trainable / total:.2f}%), {len(train_ds)} train / {len(val_ds)} val examples, "
           f"{run.train.max_steps} steps" + (f", resuming from {Path(resume).name}" if resume else ""), flush=True)
@@ -325,6 +328,7 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "peak_memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "cpu_max_rss",
         "trainable_params": trainable,
+        "precision": precision_used,  # parameter dtypes by kind, as trained (the precision policy)
         "total_params": total,
         "trainable_percent": round(100 * trainable / total, 4),
         "train_loss_first": steps[0]["loss"] if steps else None,

@@ -78,7 +78,12 @@ def run(experiment: str = DEFAULT_EXPERIMENT, allow_missing: bool = False, out=s
 
     fig_dir = figures_dir(an.experiment)
     with atomic_dir(fig_dir) as tmp:
-        made = write_figures(figure_data(an), Path(tmp))
+        fd = figure_data(an)
+        made = write_figures(fd, Path(tmp))
+        if fd.chat is not None:  # (chat_figures builds on figures, one way)
+            from .chat_figures import write_chat_figures
+
+            made.update(write_chat_figures(fd, Path(tmp)))
     figure_files = {k: fig_dir / p.name for k, p in made.items()}
     with atomic_dir(tables_dir(an.experiment)) as tmp:
         for name, text in tables.items():

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .figures import VARIANT_HATCH, Bar, FigureData, Interval, _legend_below, _plt, _save, method_colors
+from .figures import STYLE, VARIANT_HATCH, Bar, FigureData, Interval, _legend_below, _plt, _save, method_colors
 
 STOP_TARGET_COLOR = "#d62728"
 
@@ -26,6 +26,12 @@ class ChatData:
 
 
 def write_chat_figures(data: FigureData, out: Path) -> dict[str, Path]:
+    """The chat section's figures (data.chat must be set), in the style of figures.write_figures."""
+    with _plt().rc_context(STYLE):
+        return _write_chat_figures(data, out)
+
+
+def _write_chat_figures(data: FigureData, out: Path) -> dict[str, Path]:
     made = {}
     if data.chat.stop:
         made["chat_stop_rate"] = _chat_stop_rate(data, out / "chat_stop_rate.png")

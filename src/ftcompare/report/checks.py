@@ -293,6 +293,11 @@ def _check_training_comparable(exp, training, problems: Problems) -> None:
                 problems.add("comparability", r1.path.parent / "config.json", ", ".join(keys[:6]),
                              f"differs from {rel(r0.path.parent / 'config.json')} ({m0}) in more than the method: "
                              "the comparison would be confounded; re-train with the same settings")
+        # the same hub model (and hub data) revision for every run of this model (pinned in configs/models)
+        from ..hub import revision_problems
+
+        for line in revision_problems([(rel(r.path), r.summary) for _, r in runs]):
+            problems.add("comparability", runs[0][1].path, "manifest.hub", line)
 
 
 def _check_eval_matches_training(cells, evals, training, problems: Problems) -> None:

@@ -168,10 +168,6 @@ def write_figures(data: FigureData, out: Path) -> dict[str, Path]:
                                                           out / "accuracy_vs_wall_time.png")
         if any(run.steps for run in data.runs.values()):
             made["training_loss"] = _loss(data, out / "training_loss.png")
-        if data.chat is not None:
-            from .chat_figures import write_chat_figures
-
-            made.update(write_chat_figures(data, out))
     return made
 
 

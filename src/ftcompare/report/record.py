@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from .. import paths
 from .analysis import Analysis
 from .chat import (CHAT_CELL_CHARS, CHAT_EXAMPLES, CHAT_STOP_TARGET, LOOP_NGRAM, LOOP_TIMES, NO_EOT_MARK,
                    bpb_task, chat_examples_markdown, chat_markdown, end_of_turn, generation_settings, greedy_task,
@@ -191,6 +192,41 @@ def inputs_table(an: Analysis) -> str:
     return md_table(["file", "sha256 (first 16)"], [[f"`{rel(p)}`", _sha256(p)[:16]] for p in files], "ll")
 
 
+def precision_rows(an: Analysis) -> list[dict]:
+    """Parameter dtypes by kind per method, as train_summary.json recorded them (runs trained before the
+    precision policy was recorded have none)."""
+    rows = []
+    for (model, method), run in sorted(an.inputs.training.items()):
+        p = run.summary.get("precision")
+        if p:
+            rows.append({"model": model, "method": method,
+                         "kinds": "; ".join(f"{k} {v}" for k, v in p.items() if k != "compute"),
+                         "compute": p.get("compute")})
+    return rows
+
+
+def _get(cfg: dict, dotted: str):
+    for part in dotted.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
+
+
+def searches(an: Analysis) -> list[dict]:
+    """The hyperparameter searches of this experiment (results/search/<name>/search_summary.json), as written by
+    ftcompare.search_report: what was searched, what won by how much, caveats, fairness."""
+    out = []
+    for f in sorted((paths.RESULTS / "search").glob("*/search_summary.json")):
+        d = json.loads(f.read_text())
+        if d.get("experiment") != an.experiment:
+            continue
+        d["readme"] = os.path.relpath(f.parent / "README.md", record_path(an.experiment).parent)
+        run = an.inputs.training.get((d.get("model"), d.get("method")))
+        d["applied"] = None if run is None or not run.config or not d.get("best") else all(
+            _get(run.config, k) == v for k, v in d["best"]["overrides"].items())
+        out.append(d)
+    return out
+
+
 def render_record(an: Analysis, allow_missing: bool, figure_files: dict[str, Path]) -> str:
     inp = an.inputs
     record = record_path(an.experiment)
@@ -223,5 +259,6 @@ def render_record(an: Analysis, allow_missing: bool, figure_files: dict[str, Pat
         "n_task_results": sum(1 for c in inp.cells for t in inp.tasks if inp.task_result(c, t)),
         "n_runs": len(inp.training), "inputs_table": inputs_table(an),
         "bootstrap_iters": BOOTSTRAP_ITERS, "z95": Z95,
+        "precision": precision_rows(an), "searches": searches(an),
     }
     return environment().get_template(TEMPLATE).render(**context)
