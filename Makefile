@@ -85,7 +85,7 @@ report: $(RECORD) ## analyze results: tables, figures, models_evaluation_record.
 # SEARCH=<name ...>: the overrides the searches' winners give this (model, method) run, in $$sa (a failed
 # lookup fails the recipe): method.* keys for the searched method only, shared train.* keys for every method.
 # `resolve --search` applies the same overrides to the config stamps.
-SEARCH_OVERRIDES = $(if $(SEARCH),sa="$$($(PY) -m ftcompare search-args --model $(*D) --method $(*F) $(SEARCH))" &&,sa= &&)
+SEARCH_OVERRIDES = $(if $(SEARCH),sa="$$($(PY) -m ftcompare search-args --model $(*D) --method $(*F) $(SEARCH))" && )
 
 # Config stamps (a run's resolved.json; the experiment's eval_settings.json), rewritten only when the
 # resolved config changes: editing a key re-runs exactly the stages that depend on it. They are brought up to
@@ -114,7 +114,7 @@ EVAL_DEPS := evaluation_results/$(EXPERIMENT)/eval_settings.json $(TASK_FILES)
 
 # models/<exp>/<model>/<method>/train_summary.json  (stem = <model>/<method>)
 models/$(EXPERIMENT)/%/train_summary.json: models/$(EXPERIMENT)/%/resolved.json models/base/$$(*D)/manifest.json
-	$(SEARCH_OVERRIDES) bash scripts/train.sh $(*D) $(*F) $(TRAIN_ARGS) $$sa
+	$(SEARCH_OVERRIDES)bash scripts/train.sh $(*D) $(*F) $(TRAIN_ARGS)$(if $(SEARCH), $$sa)
 
 models/$(EXPERIMENT)/%/merged/merge_manifest.json: models/$(EXPERIMENT)/%/train_summary.json
 	bash scripts/merge.sh $(*D) $(*F)

@@ -110,7 +110,7 @@ def test_export_config_requires_limits_for_every_format(project):
 
 @pytest.mark.parametrize("argv,expected", [
     (["--model", "nope", "--method", "full"], "unknown model alias 'nope'"),
-    (["--model", "tiny", "--method", "dora"], "unknown method 'dora'"),
+    (["--model", "tiny", "--method", "dorra"], "unknown method 'dorra'"),
     (["--model", "tiny", "--method", "lora"], "tiny/lora of experiment 'tinyexp' is not trained yet"),
     (["--model", "tiny"], "export needs --model and --method"),
     (["--report"], "no export for tiny/full of experiment 'tinyexp'"),
