@@ -8,6 +8,8 @@ import shutil
 
 import pytest
 
+from ftcompare.io import sha256_file
+
 from conftest import add_tiny_model_config
 from ftcompare import cli, config, export
 from tiny_smol import BASE_135M, build_tiny_smol
@@ -66,7 +68,7 @@ def test_export_writes_files_manifest_and_passes_its_round_trip(proj, converter,
             "hf-bfloat16/tokenizer.json", "hf-bfloat16/chat_template.jinja", "roundtrip.json"} <= names
     for f in man["files"]:  # sizes and hashes describe the files as they are
         assert (d / f["path"]).stat().st_size == f["bytes"]
-        assert export.sha256(d / f["path"]) == f["sha256"]
+        assert sha256_file(d / f["path"]) == f["sha256"]
     assert man["source"]["train_config_hash"] == "abc" and man["export_config_hash"]
     assert not [p for p in d.parent.iterdir() if p.name.startswith(".export.")]  # no temp folder left
 

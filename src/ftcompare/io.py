@@ -64,3 +64,34 @@ def write_if_changed(path: Path, text: str) -> bool:
 def read_json(path: Path):
     with open(path) as f:
         return json.load(f)
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """`kill` / make's SIGTERM unwinds like Ctrl-C (KeyboardInterrupt), so temp files and folders are removed;
+    outside the main thread signals are left alone."""
+    import signal
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

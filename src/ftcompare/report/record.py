@@ -2,12 +2,12 @@
 src/ftcompare/templates/record.md.j2, which holds every sentence."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from .. import paths
+from ..io import sha256_file
 from .analysis import Analysis
 from .chat import (CHAT_CELL_CHARS, CHAT_EXAMPLES, CHAT_STOP_TARGET, LOOP_NGRAM, LOOP_TIMES, NO_EOT_MARK,
                    bpb_task, chat_examples_markdown, chat_markdown, end_of_turn, generation_settings, greedy_task,
@@ -169,14 +169,6 @@ def chat_context(an: Analysis, img) -> dict | None:
     }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def inputs_table(an: Analysis) -> str:
     inp = an.inputs
     files = []
@@ -189,7 +181,7 @@ def inputs_table(an: Analysis) -> str:
         run = inp.training[key]
         files += [p for p in (run.path, run.path.parent / "config.json", run.path.parent / "train_log.jsonl",
                               run.path.parent / "template_view.json") if p.is_file()]
-    return md_table(["file", "sha256 (first 16)"], [[f"`{rel(p)}`", _sha256(p)[:16]] for p in files], "ll")
+    return md_table(["file", "sha256 (first 16)"], [[f"`{rel(p)}`", sha256_file(p)[:16]] for p in files], "ll")
 
 
 def precision_rows(an: Analysis) -> list[dict]:
