@@ -75,9 +75,6 @@ class FtcHF(HFLM):
         pbar.close()
         return answers
 
-    def _forward(self, **kw) -> torch.Tensor:
-        return self.model(**kw, use_cache=kw.get("use_cache", False)).logits
-
     def _score_contexts(self, ctxs: list[tuple[int, ...]], members: list[list[int]], conts: list[list[int]]):
         dev = self.device
         lens = [len(c) for c in ctxs]
