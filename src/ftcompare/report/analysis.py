@@ -1,7 +1,7 @@
 """The analysis of one experiment: its checked inputs and what is computed from them, once."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from .chat import chat_rows
@@ -15,6 +15,8 @@ class Analysis:
     comparisons: tuple[Comparison, ...]
     scores: Mapping[str, tuple[Score, ...]]    # task -> scores (every present cell x reported metric)
     chat_rows: tuple[dict, ...]                # (cell x generation task); empty without generation tasks
+    continuous: tuple[Comparison, ...] = ()    # the multiple-choice tasks' re-derived metrics (report.mc)
+    continuous_scores: Mapping[str, tuple[Score, ...]] = field(default_factory=dict)
 
     @property
     def experiment(self) -> str:
@@ -23,4 +25,5 @@ class Analysis:
 
 def analyze(inputs: Inputs) -> Analysis:
     return Analysis(inputs, compute_comparisons(inputs), compute_scores(inputs),
-                    chat_rows(inputs) if inputs.chat_tasks() else ())
+                    chat_rows(inputs) if inputs.chat_tasks() else (),
+                    compute_comparisons(inputs, continuous=True), compute_scores(inputs, continuous=True))

@@ -56,6 +56,11 @@ class Inputs:
         ref = self.ref_result(task)
         return ref.reported() if ref else []
 
+    def continuous(self, task: str) -> list[MetricKey]:
+        """The continuous metrics re-derived from a multiple-choice task's log-likelihoods (report.mc), if any."""
+        ref = self.ref_result(task)
+        return ref.samples.continuous() if ref else []
+
     def higher_is_better(self, task: str, metric: str) -> bool | None:
         """True/False/None (neutral) as results.json says (higher_is_better, else the task's metric_list),
         else DEFAULT_HIGHER_IS_BETTER."""
@@ -119,7 +124,7 @@ def check_evaluation(ev: Evaluation, problems: Problems, need_samples: bool) -> 
                 problems.add("missing", spath, "-", f"no per-item samples for task {task}: the paired tests and the "
                              "re-derivation check need them (evaluate with log_samples)")
             continue
-        samples = load_samples(spath, problems)
+        samples = load_samples(spath, problems, tr.config)
         if samples is None:
             continue
         found[task] = samples

@@ -39,12 +39,14 @@ class Comparison:
         return "no difference detected"
 
 
-def compute_comparisons(inp: Inputs) -> tuple[Comparison, ...]:
+def compute_comparisons(inp: Inputs, continuous: bool = False) -> tuple[Comparison, ...]:
+    """The paired comparisons of the reported metrics (continuous: of the metrics re-derived from multiple-choice
+    log-likelihoods, report.mc; paired bootstrap + sign-flip permutation), Holm within each table."""
     from ..stats import compare_paired, holm
 
     comps = []
     for task in inp.tasks:
-        for metric, filt in inp.reported(task):
+        for metric, filt in (inp.continuous(task) if continuous else inp.reported(task)):
             for model in inp.models():
                 base = RunId(model, "base")
                 others = [c for c in inp.method_cells(model) if inp.task_result(c, task)]
@@ -52,10 +54,11 @@ def compute_comparisons(inp: Inputs) -> tuple[Comparison, ...]:
                 pairs += [(a, b, "method vs method") for i, a in enumerate(others) for b in others[i + 1:]]
                 for first, second, kind in pairs:
                     t1, t2 = inp.task_result(first, task), inp.task_result(second, task)
-                    if t1 is None or t2 is None or (metric, filt) not in t1.values or (metric, filt) not in t2.values:
+                    if t1 is None or t2 is None or not continuous and \
+                            ((metric, filt) not in t1.values or (metric, filt) not in t2.values):
                         continue
                     o1, o2 = t1.samples.outcomes(metric, filt), t2.samples.outcomes(metric, filt)
-                    if set(o1) != set(o2):
+                    if not o1 or set(o1) != set(o2):
                         continue  # refused by the comparability checks already
                     ids = sorted(o1)
                     paired = compare_paired([o1[i] for i in ids], [o2[i] for i in ids])
@@ -88,21 +91,30 @@ class Score:
     limit: object
 
 
-def compute_scores(inp: Inputs) -> dict[str, tuple[Score, ...]]:
-    """task -> scores of every present cell, metric by metric (reported order), cells in grid order."""
+def compute_scores(inp: Inputs, continuous: bool = False) -> dict[str, tuple[Score, ...]]:
+    """task -> scores of every present cell, metric by metric (reported order), cells in grid order.
+    continuous: the re-derived metrics (report.mc), each the mean of its per-item values, without an lm-eval
+    stderr."""
+    import math
+
     from ..stats import proportion_ci
 
     out = {}
     for task in inp.tasks:
         rows = []
-        for metric, filt in inp.reported(task):
+        for metric, filt in (inp.continuous(task) if continuous else inp.reported(task)):
             for cell in inp.cells:
                 tr = inp.task_result(cell, task)
-                if tr is None or (metric, filt) not in tr.values:
+                if tr is None or not continuous and (metric, filt) not in tr.values:
                     continue
-                lo, hi, how = proportion_ci(list(tr.samples.outcomes(metric, filt).values()))
-                rows.append(Score(task, metric, filt, cell, tr.n, tr.values[(metric, filt)], round(lo, 6),
-                                  round(hi, 6), how, tr.stderrs.get((metric, filt)), tr.n_shot, tr.version, tr.limit))
+                items = list(tr.samples.outcomes(metric, filt).values())
+                if not items:
+                    continue
+                lo, hi, how = proportion_ci(items)
+                value = math.fsum(items) / len(items) if continuous else tr.values[(metric, filt)]
+                rows.append(Score(task, metric, filt, cell, len(items) if continuous else tr.n, value, round(lo, 6),
+                                  round(hi, 6), how, None if continuous else tr.stderrs.get((metric, filt)),
+                                  tr.n_shot, tr.version, tr.limit))
         out[task] = tuple(rows)
     return out
 

@@ -47,9 +47,32 @@ RAW_METRICS: dict[str, Display] = {
     "bleu": Display(False, "0–100", "points"),
     "rougeL": Display(False, "0–100", "points"),
     "reply_nll": Display(False, "nats", "nats", 3),
+    # multiple choice, re-derived from the per-choice log-likelihoods (report.mc); gold_prob is a percentage
+    "gold_logprob": Display(False, "nats", "nats", 3),
+    "margin_norm": Display(False, "nats/char", "nats per character", 4),
+    # GSM8K gold-solution likelihood (lm-evaluation-harness/tasks/ftc_gsm8k_bpb)
+    "gold_bpb": Display(False, "bits/byte", "bits per byte", 4),
+    "gold_nll": Display(False, "nats", "nats", 3),
+    "gold_bytes": Display(False, "bytes", "bytes", 1),
 }
 # Direction when results.json does not say: neutral (None) for lengths, lower for nats, else higher.
-DEFAULT_HIGHER_IS_BETTER = {"length": None, "reply_nll": False}
+DEFAULT_HIGHER_IS_BETTER = {"length": None, "reply_nll": False, "gold_bpb": False, "gold_nll": False,
+                            "gold_bytes": None}
+# Names in sentences and section headers for the metrics whose key says little (others: the key itself).
+METRIC_LABELS = {
+    "gold_logprob": "gold log-prob (log-softmax of the choices' log-likelihoods, at the gold choice)",
+    "gold_prob": "gold probability (softmax over the choices, at the gold choice)",
+    "margin_norm": "length-normalized margin (gold − best other choice, log-likelihood per character, as acc_norm)",
+    "gold_bpb": "gold-solution bits per byte",
+    "gold_nll": "gold-solution negative log-likelihood",
+}
+SHORT_LABELS = {"gold_logprob": "gold log-prob", "gold_prob": "gold probability",
+                "margin_norm": "length-normalized margin", "gold_bpb": "gold-solution bits/byte",
+                "gold_nll": "gold-solution NLL"}
+
+
+def metric_label(metric: str, short: bool = True) -> str:
+    return (SHORT_LABELS if short else METRIC_LABELS).get(metric, metric)
 
 
 def metric_display(metric: str) -> Display:

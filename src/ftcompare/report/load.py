@@ -125,6 +125,7 @@ class Item:
     target_hash: str | None
     prompt_hash: str | None
     n_choices: int | None
+    derived: Mapping[str, float] = field(default_factory=dict)   # multiple choice: re-derived outcomes (report.mc)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,18 @@ class SampleSet:
     by_filter: Mapping[str, Mapping[int, Item]]   # filter -> doc_id -> item
 
     def outcomes(self, metric: str, filter_: str) -> dict[int, float]:
-        return {d: it.values[metric] for d, it in self.by_filter.get(filter_, {}).items() if metric in it.values}
+        """doc_id -> the stored per-item value of `metric`, else its re-derived one (continuous metrics)."""
+        items = self.by_filter.get(filter_, {}).items()
+        if any(metric in it.values for _, it in items):
+            return {d: it.values[metric] for d, it in items if metric in it.values}
+        return {d: it.derived[metric] for d, it in items if metric in it.derived}
+
+    def continuous(self) -> list[MetricKey]:
+        """(metric, filter) of the continuous metrics re-derived for every item (multiple choice only)."""
+        from .mc import CONTINUOUS
+
+        return [(m, f) for f, items in self.by_filter.items() for m in CONTINUOUS
+                if items and all(m in it.derived for it in items.values())]
 
     def chance(self) -> float | None:
         items = next(iter(self.by_filter.values()), {})
@@ -260,7 +272,12 @@ def load_evaluation(path: Path, problems: Problems) -> Evaluation | None:
     return Evaluation(path, raw, block, block["experiment"], run, MappingProxyType(tasks))
 
 
-def load_samples(path: Path, problems: Problems) -> SampleSet | None:
+def load_samples(path: Path, problems: Problems, config: Mapping | None = None) -> SampleSet | None:
+    """One task's samples; with the task's results config of a multiple_choice task, every item's outcomes are
+    re-derived from its per-choice log-likelihoods (report.mc) and a stored one that disagrees is a problem."""
+    config = config or {}
+    mc = config.get("output_type") == "multiple_choice"
+    delimiter = config.get("target_delimiter", " ")
     by_filter: dict[str, dict[int, Item]] = {}
     try:
         with open(path) as f:
@@ -288,13 +305,33 @@ def load_samples(path: Path, problems: Problems) -> SampleSet | None:
                                  f"doc_id {doc_id} appears twice for filter '{filt}'")
                     return None
                 args = s.get("arguments")
+                derived = _derive(s, delimiter, path, doc_id, problems) if mc else {}
                 # arguments: one entry per request (a list in memory, {gen_args_i: ...} as lm-eval writes it)
                 target[doc_id] = Item(values, s.get("doc_hash"), s.get("target_hash"), s.get("prompt_hash"),
-                                      len(args) if isinstance(args, (list, dict)) else None)
+                                      len(args) if isinstance(args, (list, dict)) else None,
+                                      MappingProxyType(derived))
     except OSError as e:
         problems.add("integrity", path, "-", f"not readable ({e.__class__.__name__})")
         return None
     return SampleSet(path, by_filter)
+
+
+def _derive(sample: dict, delimiter: str, path: Path, doc_id: int, problems: Problems) -> dict[str, float]:
+    """The re-derived outcomes of one multiple-choice sample; each stored one that disagrees is a problem."""
+    from .mc import SampleError, derive, disagreements
+
+    if isinstance(sample.get("target"), list):
+        return {}  # several gold choices: no single gold probability (none of the project's tasks)
+    try:
+        derived = derive(sample, delimiter)
+    except SampleError as e:
+        problems.add("integrity", path, f"doc_id {doc_id}", f"{e}: the outcomes cannot be re-derived")
+        return {}
+    for fld, stored, want in disagreements(sample, derived):
+        problems.add("integrity", path, f"doc_id {doc_id}.{fld}",
+                     f"stored {stored:g}, but the per-choice log-likelihoods and choice lengths give {want:g}: "
+                     "the sample was edited or not written by lm-eval's multiple_choice scoring")
+    return derived
 
 
 def read_chat_samples(path: Path) -> dict[int, dict]:

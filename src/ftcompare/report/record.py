@@ -13,10 +13,11 @@ from .chat import (CHAT_CELL_CHARS, CHAT_EXAMPLES, CHAT_STOP_TARGET, LOOP_NGRAM,
                    bpb_task, chat_examples_markdown, chat_markdown, end_of_turn, generation_settings, greedy_task,
                    max_new_tokens, setting_name, stop_targets, template_view_paths)
 from .compare import ALPHA
-from .display import fmt_p, md_table, metric_display, metric_name, pct
+from .display import fmt_p, md_table, metric_display, metric_label, metric_name, pct
 from .layout import DEFAULT_EXPERIMENT, all_results_csv, record_path, rel, tables_dir
 from .load import Evaluation
-from .tables import cost_markdown, methods_table, peak_memory_kinds, provenance_table, run_order, task_markdown
+from .tables import (continuous_markdown, cost_markdown, methods_table, peak_memory_kinds, provenance_table, run_order,
+                     task_markdown)
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 TEMPLATE = "record.md.j2"
@@ -114,6 +115,27 @@ def findings(an: Analysis) -> list[dict]:
         out.append({"task": task, "missing": False, "metric": metric, "name": metric_name(metric, filt),
                     "d": metric_display(metric), "hib": hib, "models": models})
     return out
+
+
+def sensitive(an: Analysis) -> list[dict]:
+    """For the bottom line, per multiple-choice task (trained-on tasks first): the continuous metric with the
+    most significant comparisons vs base (ties: report.mc.CONTINUOUS order), and those comparisons."""
+    inp = an.inputs
+    loaders = {(r.config or {}).get("data", {}).get("loader") for r in inp.training.values()}
+    out = []
+    for task in inp.tasks:
+        comps = [c for c in an.continuous if c.task == task and c.kind == "vs base"]
+        keys = [k for k in inp.continuous(task) if any((c.metric, c.filter) == k for c in comps)]
+        if not keys:
+            continue
+        n_sig = {k: sum(c.significant for c in comps if (c.metric, c.filter) == k) for k in keys}
+        best = max(keys, key=lambda k: n_sig[k])   # the first of the maxima
+        chosen = [c for c in comps if (c.metric, c.filter) == best]
+        ref = inp.ref_result(task)
+        out.append({"task": task, "trained": any(ld in loaders for ld in ref.facts.caveat_if_trained_on),
+                    "metric": best[0], "label": metric_label(best[0]), "d": metric_display(best[0]),
+                    "n": chosen[0].paired.n, "comps": chosen, "n_sig": n_sig[best]})
+    return sorted(out, key=lambda x: not x["trained"])
 
 
 def caveats(an: Analysis) -> dict:
@@ -240,8 +262,10 @@ def render_record(an: Analysis, allow_missing: bool, figure_files: dict[str, Pat
         "methods_table": methods_table(inp), "provenance_table": provenance_table(inp),
         "training_data": training_data(an), "eval_data_table": eval_data_table(an),
         "cost_table": cost_markdown(inp), "peak_kinds": peak_memory_kinds(inp),
-        "task_sections": [(task, task_markdown(inp, task, an.scores.get(task, ()), an.comparisons))
+        "task_sections": [(task, task_markdown(inp, task, an.scores.get(task, ()), an.comparisons),
+                           continuous_markdown(inp, task, an.continuous_scores.get(task, ()), an.continuous))
                           for task in inp.tasks],
+        "sensitive": sensitive(an),
         "tables_dir": os.path.relpath(tables_dir(an.experiment), record.parent),
         "all_results": os.path.relpath(all_results_csv(), record.parent),
         "permutation_metrics": permutation, "findings": findings(an), "alpha": ALPHA,

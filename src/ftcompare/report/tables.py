@@ -5,7 +5,7 @@ import json
 
 from .checks import Inputs
 from .compare import Comparison, Score, find_score
-from .display import fmt_float, fmt_int, fmt_p, md_table, metric_display, metric_name
+from .display import fmt_float, fmt_int, fmt_p, md_table, metric_display, metric_label, metric_name
 from .layout import rel
 from .load import Evaluation, RunId, TaskResult
 
@@ -131,6 +131,48 @@ def task_markdown(inp: Inputs, task: str, scores: tuple[Score, ...], comparisons
         parts.append("**Method vs method**\n\n" + md_table(
             ["model", "metric", "Δ", "n", "Δ pts [95% CI]" if all_percent else "Δ [95% CI]",
              "right only first / only second", "p / p Holm", "verdict"], rows, "lllrrrrl"))
+    return "\n\n".join(parts) + "\n"
+
+
+def continuous_markdown(inp: Inputs, task: str, scores: tuple[Score, ...], comparisons) -> str:
+    """Per multiple-choice task: the metrics re-derived from the per-choice log-likelihoods (report.mc), one table
+    each (mean [95% CI], paired delta vs base), then method vs method; "" for other tasks."""
+    keys = inp.continuous(task)
+    comps = [c for c in comparisons if c.task == task]
+    if not keys or not comps:
+        return ""
+    parts = [f"**Continuous metrics of {task}** (per item, re-derived here from the per-choice log-likelihoods in "
+             "the samples; means with a normal 95% CI; deltas: paired bootstrap 95% CI and sign-flip permutation p, "
+             "Holm within each table)"]
+    by_key = {(c.metric, c.filter, c.first, c.second): c for c in comps}
+    for metric, filt in keys:
+        d = metric_display(metric)
+        rows = []
+        for cell in inp.cells:
+            s = find_score(scores, metric, filt, cell)
+            if s is None:
+                rows.append([cell.model, cell.label, "missing", "", "", "", ""])
+                continue
+            score = f"{d.value(s.value)} [{d.value(s.ci_low)}, {d.value(s.ci_high)}]"
+            c = by_key.get((metric, filt, RunId(cell.model, "base"), cell))
+            if cell.is_base or c is None:
+                rows.append([cell.model, cell.label, s.n, score, "—" if cell.is_base else "base missing", "", ""])
+                continue
+            p = c.paired
+            rows.append([cell.model, cell.label, p.n, score,
+                         f"{d.delta(p.delta)} [{d.delta(p.ci_low)}, {d.delta(p.ci_high)}]",
+                         f"{fmt_p(p.p_value)} / {fmt_p(c.p_holm)}", c.verdict()])
+        unit = "%" if d.percent else d.unit
+        delta_unit = "pts" if d.percent else d.unit
+        parts.append(f"*{metric_label(metric, short=False)}*, `{metric_name(metric, filt)}`\n\n" + md_table(
+            ["model", "evaluated", "n", f"mean, {unit} [95% CI]", f"Δ vs base, {delta_unit} [95% CI]", "p / p Holm",
+             "verdict"], rows, "llrrrrl"))
+    mm = [c for c in comps if c.kind == "method vs method"]
+    if mm:
+        rows = [[c.model, f"`{metric_name(c.metric, c.filter)}`", f"{c.second.label} − {c.first.label}", c.paired.n,
+                 delta_ci(c, unit=True), f"{fmt_p(c.paired.p_value)} / {fmt_p(c.p_holm)}", c.verdict()] for c in mm]
+        parts.append("*Continuous metrics, method vs method*\n\n" + md_table(
+            ["model", "metric", "Δ", "n", "Δ [95% CI]", "p / p Holm", "verdict"], rows, "lllrrrl"))
     return "\n\n".join(parts) + "\n"
 
 
