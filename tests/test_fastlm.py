@@ -96,7 +96,7 @@ def test_project_tasks_match_stock(lms, tiny_model_dir):
     stock = HFLM(pretrained=model, tokenizer=tok, batch_size=8, max_length=512)
     fast = FtcHF(pretrained=model, tokenizer=tok, batch_size=8, max_length=512)
     tm = TaskManager(include_path=str(paths.ROOT / "lm-evaluation-harness" / "tasks"), include_defaults=False)
-    tasks = {"ftc_hellaswag": 12, "ftc_mmlu_high_school_computer_science": 12}
+    tasks = {"ftc_hellaswag": 12, "ftc_mmlu_high_school_computer_science": 12, "ftc_gsm8k_bpb": 3}
     for task, limit in tasks.items():
         out = {}
         for name, lm in (("stock", stock), ("fast", fast)):
@@ -110,6 +110,8 @@ def test_project_tasks_match_stock(lms, tiny_model_dir):
             assert max(abs(x - y) for x, y in zip(ls, lf)) < 1e-4, (task, s["doc_id"], ls, lf)
             for metric in [m for m in ("acc", "acc_norm") if m in s]:
                 assert s[metric] == f[metric], (task, s["doc_id"], metric, json.dumps(ls), json.dumps(lf))
+            if task == "ftc_gsm8k_bpb":  # the GSM8K gold solution after its 8-shot prompt: one long request
+                assert abs(s["gold_bpb"] - f["gold_bpb"]) < 1e-5 and s["gold_bytes"] == f["gold_bytes"]
     # generation: the 8-shot GSM8K CoT prompts share their ~730-token prefix; same texts as stock
     gen = {}
     for name, lm in (("stock", stock), ("fast", fast)):

@@ -16,7 +16,8 @@ UPSTREAM = {
     "ftc_mmlu_high_school_computer_science": "mmlu/default/mmlu_high_school_computer_science.yaml",
     "ftc_gsm8k_cot": "gsm8k/gsm8k-cot.yaml",
 }
-OWN = ["ftc_chitchat"]  # our own tasks (no upstream twin)
+OWN = ["ftc_chitchat", "ftc_gsm8k_bpb"]  # our own tasks (no upstream twin)
+DEFAULT_OWN = ["ftc_gsm8k_bpb"]          # ... of them in the default experiment (tests/test_metrics.py)
 # keys allowed to differ from upstream: the name, where documents come from, grouping, metadata
 DATA_KEYS = {"task", "task_alias", "tag", "dataset_path", "dataset_name", "custom_dataset", "metadata"}
 N_FIXED = {"ftc_mmlu_high_school_computer_science": 100, "ftc_gsm8k_cot": 1319}
@@ -45,8 +46,8 @@ def test_task_folders_are_complete_and_named_as_the_experiment_says():
 
     names = sorted(p.name for p in TASKS_DIR.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
     assert names == sorted([*UPSTREAM, *OWN])
-    assert sorted(config.load("experiments", "default").evaluation.tasks) == sorted(UPSTREAM)
-    assert config.load("experiments", "chat").evaluation.tasks == OWN  # no upstream twin: tests/test_chat_eval.py
+    assert sorted(config.load("experiments", "default").evaluation.tasks) == sorted([*UPSTREAM, *DEFAULT_OWN])
+    assert config.load("experiments", "chat").evaluation.tasks == ["ftc_chitchat"]  # tests/test_chat_eval.py
     names = [n for n in names if n in UPSTREAM]
     n = n_docs()
     for name in names:
