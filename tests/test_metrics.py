@@ -123,6 +123,8 @@ def test_gsm8k_gold_task_uses_the_cot_prompt_and_scores_bits_per_byte():
                    "The answer is 72.")
     shot = cot["fewshot_config"]["samples"][0]
     assert bpb_utils.cot_solution(shot) == shot["target"]            # the exemplars' own format
+    # lm-eval adds no target_delimiter to a loglikelihood request: the continuation carries the space itself
+    assert bpb_utils.continuation(doc) == " " + sol and bpb_utils.continuation(shot) == shot["target"]
     out = bpb_utils.process_bpb(doc, [(-100.0, False)])
     assert out["gold_bytes"] == len(sol.encode()) and out["gold_nll"] == 100.0
     assert math.isclose(out["gold_bpb"], 100.0 / math.log(2) / len(sol.encode()))

@@ -21,6 +21,18 @@ def cot_solution(doc: dict) -> str:
     exemplar (question, target) is already in that format."""
     if "answer" not in doc:
         return doc["target"]
+    return _solution(doc)
+
+
+def continuation(doc: dict) -> str:
+    """doc_to_target. An exemplar: its target (lm-eval's few-shot builder writes 'A:' + target_delimiter ' ' +
+    target). An evaluated item: ' ' + its solution, because lm-eval 0.4.13 requests a loglikelihood task's
+    (context, doc_to_target) without the target_delimiter: the solution then follows 'A:' exactly as in the
+    exemplars."""
+    return doc["target"] if "answer" not in doc else " " + _solution(doc)
+
+
+def _solution(doc: dict) -> str:
     body, sep, final = doc["answer"].rpartition("####")
     if not sep:
         raise ValueError(f"GSM8K answer without '#### N': {doc['answer'][:60]!r}")
@@ -29,7 +41,8 @@ def cot_solution(doc: dict) -> str:
 
 
 def process_bpb(doc: dict, results: list) -> dict:
-    """gold_nll: -loglikelihood of the solution in nats; gold_bytes: its UTF-8 bytes; gold_bpb: their ratio / ln 2."""
+    """gold_nll: -loglikelihood of ' ' + solution in nats; gold_bytes: the solution's UTF-8 bytes (without that
+    space, as the exemplars' delimiter is not counted either); gold_bpb: their ratio / ln 2."""
     ll, _is_greedy = results[0]
     nbytes = float(len(cot_solution(doc).encode("utf-8")))
     return {"gold_bpb": -ll / (math.log(2) * nbytes), "gold_nll": -ll, "gold_bytes": nbytes}
