@@ -43,8 +43,8 @@ def run(experiment: str = DEFAULT_EXPERIMENT, allow_missing: bool = False, out=s
     from .figures import write_figures
     from .record import macro, render_record
     from .tables import (COMPARISON_COLUMNS, COST_COLUMNS, SCORE_COLUMNS, TIDY_COLUMNS, comparison_rows,
-                         continuous_markdown, cost_markdown, cost_rows, peak_memory_kinds, score_rows, task_markdown,
-                         tidy_rows)
+                         continuous_markdown, cost_markdown, cost_rows, peak_memory_kinds, pooled_bpb_markdown,
+                         score_rows, task_markdown, tidy_rows)
 
     check_experiment_name(experiment)
     inp = build_inputs(experiment)
@@ -69,6 +69,7 @@ def run(experiment: str = DEFAULT_EXPERIMENT, allow_missing: bool = False, out=s
         tables[f"{task}_comparisons.csv"] = to_csv(comparison_rows(an.experiment, an.comparisons, task),
                                                    COMPARISON_COLUMNS)
         tables[f"{task}.md"] = task_markdown(inp, task, an.scores[task], an.comparisons)
+        tables[f"{task}.md"] += pooled_bpb_markdown(inp, task)   # "" unless the task scores gold texts
         if inp.continuous(task):  # multiple choice: the metrics re-derived from the log-likelihoods
             cont = continuous_markdown(inp, task, an.continuous_scores.get(task, ()), an.continuous)
             tables[f"{task}.md"] += f"\n{cont}" if cont else ""

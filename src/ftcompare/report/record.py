@@ -16,7 +16,7 @@ from .compare import ALPHA
 from .display import fmt_p, md_table, metric_display, metric_label, metric_name, pct
 from .layout import DEFAULT_EXPERIMENT, all_results_csv, record_path, rel, tables_dir
 from .load import Evaluation
-from .tables import (continuous_markdown, cost_markdown, methods_table, peak_memory_kinds, provenance_table, run_order,
+from .tables import (continuous_markdown, cost_markdown, pooled_bpb_markdown, methods_table, peak_memory_kinds, provenance_table, run_order,
                      task_markdown)
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
@@ -123,9 +123,15 @@ def sensitive(an: Analysis) -> list[dict]:
     inp = an.inputs
     loaders = {(r.config or {}).get("data", {}).get("loader") for r in inp.training.values()}
     out = []
+    chat = inp.chat_tasks()
     for task in inp.tasks:
         comps = [c for c in an.continuous if c.task == task and c.kind == "vs base"]
         keys = [k for k in inp.continuous(task) if any((c.metric, c.filter) == k for c in comps)]
+        rep = inp.reported(task)
+        if not keys and rep and task not in chat and not metric_display(rep[0][0]).percent:
+            # a task whose primary metric is continuous already (GSM8K gold bits per byte)
+            comps = [c for c in an.comparisons if c.task == task and c.kind == "vs base"]
+            keys = [rep[0]] if any((c.metric, c.filter) == rep[0] for c in comps) else []
         if not keys:
             continue
         n_sig = {k: sum(c.significant for c in comps if (c.metric, c.filter) == k) for k in keys}
@@ -252,6 +258,7 @@ def render_record(an: Analysis, allow_missing: bool, figure_files: dict[str, Pat
     from ..stats import BOOTSTRAP_ITERS, Z95
 
     permutation = sorted({c.metric for c in an.comparisons if c.paired.test != "McNemar exact"})
+    binary = [c for c in an.comparisons if metric_display(c.metric).percent]   # accuracy, exact match
     context = {
         "command": command(an.experiment, allow_missing), "experiment": an.experiment,
         "is_default": an.experiment == DEFAULT_EXPERIMENT, "exp": inp.exp,
@@ -263,7 +270,8 @@ def render_record(an: Analysis, allow_missing: bool, figure_files: dict[str, Pat
         "training_data": training_data(an), "eval_data_table": eval_data_table(an),
         "cost_table": cost_markdown(inp), "peak_kinds": peak_memory_kinds(inp),
         "task_sections": [(task, task_markdown(inp, task, an.scores.get(task, ()), an.comparisons),
-                           continuous_markdown(inp, task, an.continuous_scores.get(task, ()), an.continuous))
+                           continuous_markdown(inp, task, an.continuous_scores.get(task, ()), an.continuous)
+                           + pooled_bpb_markdown(inp, task))
                           for task in inp.tasks],
         "sensitive": sensitive(an),
         "tables_dir": os.path.relpath(tables_dir(an.experiment), record.parent),
@@ -271,6 +279,8 @@ def render_record(an: Analysis, allow_missing: bool, figure_files: dict[str, Pat
         "permutation_metrics": permutation, "findings": findings(an), "alpha": ALPHA,
         "n_comparisons": len(an.comparisons), "n_significant": sum(c.significant for c in an.comparisons),
         "n_nominal": sum(c.nominal for c in an.comparisons), "caveats": caveats(an),
+        "n_binary": len(binary), "n_binary_significant": sum(c.significant for c in binary),
+        "n_binary_nominal": sum(c.nominal for c in binary),
         "missing": inp.missing, "extra": [rel(e.path) for e in inp.extra], "n_evaluations": len(inp.evals),
         "n_task_results": sum(1 for c in inp.cells for t in inp.tasks if inp.task_result(c, t)),
         "n_runs": len(inp.training), "inputs_table": inputs_table(an),

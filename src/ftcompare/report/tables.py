@@ -176,6 +176,28 @@ def continuous_markdown(inp: Inputs, task: str, scores: tuple[Score, ...], compa
     return "\n\n".join(parts) + "\n"
 
 
+def pooled_bpb_markdown(inp: Inputs, task: str) -> str:
+    """A task scoring gold texts per item (gold_nll in nats, gold_bytes): bits per byte pooled over its items as
+    lm-eval's bits_per_byte aggregation pools them (sum of -ll / ln 2 / sum of bytes); "" for other tasks."""
+    import math
+
+    keys = (("gold_nll", "none"), ("gold_bytes", "none"))
+    ref = inp.ref_result(task)
+    if ref is None or not all(k in ref.values for k in keys):
+        return ""
+    rows = []
+    for cell in inp.cells:
+        tr = inp.task_result(cell, task)
+        if tr is None or not all(k in tr.values for k in keys):
+            rows.append([cell.model, cell.label, "missing", ""])
+            continue
+        nll, nbytes = (tr.values[k] for k in keys)
+        rows.append([cell.model, cell.label, tr.n, f"{nll / math.log(2) / nbytes:.4f}"])
+    return ("**Pooled bits per byte of " + task + "** (lm-eval's bits_per_byte aggregation: Σ nll / ln 2 / Σ bytes "
+            "= mean gold_nll / ln 2 / mean gold_bytes; lower is better; paired tests: gold_bpb and gold_nll above)\n\n"
+            + md_table(["model", "evaluated", "n", "bits/byte"], rows, "llrr") + "\n")
+
+
 def cost_rows(inp: Inputs) -> list[dict]:
     rows = []
     for model in inp.models():
