@@ -232,7 +232,7 @@ def _save_final(trainer, tokenizer, run: RunConfig, out: Path) -> None:
 
 
 def is_done(run: RunConfig, out: Path | None = None) -> bool:
-    out = out or paths.run_dir(run.experiment, run.model.alias, run.method.name)
+    out = out or run.dir
     summary = out / "train_summary.json"
     return summary.is_file() and read_json(summary).get("config_hash") == run.hash()
 
@@ -249,7 +249,7 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
 
     if max_steps is not None:
         run.train.max_steps = max_steps
-    out = Path(output_dir or paths.run_dir(run.experiment, run.model.alias, run.method.name))
+    out = Path(output_dir or run.dir)
     out.mkdir(parents=True, exist_ok=True)
     config_hash = run.hash()
     if run.train.num_threads:
