@@ -106,12 +106,15 @@ class MemoryProbe:
         self.kind = "cuda_max_allocated_in_steps" if self.cuda else "cpu_rss_sampled_in_steps"
         self._peak = 0.0
         self._active = threading.Event()
+        self._closed = False
         if not self.cuda:
             threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self):
         while True:
             self._active.wait()
+            if self._closed:
+                return
             self._peak = max(self._peak, rss_mb())
             time.sleep(RSS_SAMPLE_S)
 
@@ -121,6 +124,11 @@ class MemoryProbe:
 
             torch.cuda.reset_peak_memory_stats()
         self._peak = 0.0
+        self._active.set()
+
+    def close(self):
+        """Training is over: the sampling thread ends."""
+        self._closed = True
         self._active.set()
 
     def end(self) -> float:
@@ -206,6 +214,9 @@ def cost_meter(out: Path, session: int, counter, world_size: int, main: bool):
             self.steps_here += 1
             if main:
                 _append(path, rec)
+
+        def on_train_end(self, args, state, control, **kw):
+            self.memory.close()
 
         def wrap_saves(self, trainer):
             save = trainer._save_checkpoint
