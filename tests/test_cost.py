@@ -114,3 +114,29 @@ def test_resumed_run_sums_its_processes(project, tiny_model_dir):
     redone = next(r["tokens"] for r in steps if r["step"] == 5)
     assert c["tokens"] == res.summary["tokens_seen"] + redone
     assert c["peak_train_memory_mb"] == max(first["peak_train_memory_mb"], second["peak_train_memory_mb"])
+
+
+def test_memory_probe_reads_inside_steps_only():
+    """The CPU probe reports resident memory during a step (sampled: a peak freed before the step ends still
+    counts), not the process's lifetime peak (an allocation made and freed outside steps does not count)."""
+    import time
+
+    import torch
+
+    from ftcompare.cost import MemoryProbe
+
+    probe = MemoryProbe()
+    probe.begin()
+    base = probe.end()
+    big = torch.ones(64 * 2**20)  # 256 MB, written, outside any step
+    del big
+    probe.begin()
+    after_outside = probe.end()
+    assert after_outside < base + 100, "an allocation outside steps counted"
+    probe.begin()
+    big = torch.ones(64 * 2**20)  # inside a step, freed before its end
+    time.sleep(0.2)
+    del big
+    inside = probe.end()
+    probe.close()
+    assert inside > base + 200, "a peak inside the step was missed"
