@@ -294,6 +294,7 @@ def test_analyze_writes_record_tables_figures_and_is_byte_identical(proj):
     cost = read_csv(tables / "training_cost.csv")
     assert [r["method"] for r in cost] == ["full", "lora", "qlora"]
     assert all(float(r["peak_memory_mb"]) > 0 and int(r["trainable_params"]) > 0 for r in cost)
+    assert all(float(r["cost_peak_train_memory_mb"]) > 0 and float(r["cost_tokens_per_second"]) > 0 for r in cost)
     # every delta carries n, a CI and a paired p-value
     comps = read_csv(tables / f"{MC}_comparisons.csv") + read_csv(tables / f"{GEN}_comparisons.csv")
     assert len(comps) == (2 + 2) * (5 + 10)  # (acc_norm, acc, 2 gsm filters) x (5 vs base + 10 pairs)

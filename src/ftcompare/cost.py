@@ -159,7 +159,17 @@ class ValTokenLoss:
         self.tokens += n
 
     def mean(self) -> float | None:
-        return self.loss_sum / self.tokens if self.tokens else None
+        """Over every process of a distributed launch (a collective: call it on all of them)."""
+        import torch
+        import torch.distributed as dist
+
+        loss_sum, tokens = self.loss_sum, self.tokens
+        if dist.is_available() and dist.is_initialized():
+            t = torch.tensor([loss_sum, float(tokens)], dtype=torch.float64,
+                             device="cuda" if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(t)
+            loss_sum, tokens = float(t[0]), int(t[1])
+        return loss_sum / tokens if tokens else None
 
 
 def start_session(out: Path, resume: str | None) -> int:

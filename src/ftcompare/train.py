@@ -326,6 +326,7 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         torch.cuda.reset_peak_memory_stats()  # the evaluation's peak apart from training's
     t_eval = time.perf_counter()
     val_loss = float(trainer.evaluate()["eval_loss"])
+    val_token_loss = val_tokens.mean()  # every process takes part
     eval_s = time.perf_counter() - t_eval
     eval_peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
@@ -368,8 +369,8 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         "train_loss_last": steps[-1]["loss"] if steps else None,
         "train_loss_mean": result.training_loss,
         "val_loss": val_loss,  # Trainer's eval_loss: eval batches' mean token losses, averaged per example
-        "val_token_loss": val_tokens.mean(),  # the mean loss over every predicted validation token
-        "val_perplexity": round(math.exp(val_tokens.mean()), 6) if val_tokens.mean() is not None else None,
+        "val_token_loss": val_token_loss,  # the mean loss over every predicted validation token
+        "val_perplexity": round(math.exp(val_token_loss), 6) if val_token_loss is not None else None,
         "n_train_examples": len(train_ds),
         "n_val_examples": len(val_ds),
         "data_fingerprint_train": data_mod.fingerprint(train_ex),

@@ -16,12 +16,12 @@ SCORE_COLUMNS = ["experiment", "task", "metric", "filter", "model", "evaluated",
 COMPARISON_COLUMNS = ["experiment", "task", "metric", "filter", "model", "comparison", "first", "second", "n",
                       "first_value", "second_value", "delta", "ci95_low", "ci95_high", "ci_method",
                       "n_right_first_only", "n_right_second_only", "test", "p_value", "p_holm", "verdict"]
-# train_summary.json's "cost" block (ftcompare.cost), as train_<key> columns: training steps alone, every process
+# train_summary.json's "cost" block (ftcompare.cost), as cost_<key> columns: training steps alone, every process
 COST_FIELDS = ["processes", "steps", "train_s", "tokens", "tokens_processed", "samples", "tokens_per_second",
                "tokens_processed_per_second", "samples_per_second", "peak_train_memory_mb", "memory_kind", "saves",
                "save_s", "final_save_s", "eval_s", "flops_per_token", "matmul_peak_tflops", "mfu"]
 COST_COLUMNS = ["experiment", "model", "method", "max_steps", "examples_seen", "tokens_seen",
-                *(f"train_{k}" for k in COST_FIELDS), "trainable_params", "total_params", "trainable_percent",
+                *(f"cost_{k}" for k in COST_FIELDS), "trainable_params", "total_params", "trainable_percent",
                 "train_loss_last", "val_loss", "val_token_loss", "val_perplexity",
                 # older whole-process figures (loop incl. warm-up and saves; peak read after evaluation)
                 "wall_time_s", "tokens_per_second", "peak_memory_mb", "peak_memory_kind", "config_hash", "source"]
@@ -148,7 +148,7 @@ def cost_rows(inp: Inputs) -> list[dict]:
             if run is not None:
                 cost = run.summary.get("cost") or {}
                 rows.append({**{k: run.summary.get(k) for k in COST_COLUMNS},
-                             **{f"train_{k}": cost.get(k) for k in COST_FIELDS}, "experiment": inp.experiment,
+                             **{f"cost_{k}": cost.get(k) for k in COST_FIELDS}, "experiment": inp.experiment,
                              "model": model, "method": method, "source": rel(run.path)})
     return rows
 
@@ -159,7 +159,7 @@ backward, optimizer; not fetching its batch, logging, checkpoint saves or evalua
 of the run (a run resumed after a kill counts both; steps it re-did count twice). tokens/s and samples/s are steady
 state: steady tokens / steady step time, where the first {warmup} steps of each process are warm-up and left out;
 tokens are real (non-padding) tokens, "computed" counts the positions the model ran, padding included. Peak memory
-is read inside training steps only. MFU = FLOPs/token x computed tokens/s / the matmul peak measured at start-up
+is read inside training steps only. save s: the checkpoint saves and the final weights. MFU = FLOPs/token x computed tokens/s / the matmul peak measured at start-up
 (run manifest); FLOPs/token = 6 N for full fine-tuning (every weight trained: forward 2, input gradient 2, weight
 gradient 2) and 4 N_frozen + 6 N_trainable for LoRA-family methods (the frozen base needs forward and input
 gradient only), N = the weights of the linear layers (LM head included; the input embedding, a lookup, and
@@ -185,7 +185,7 @@ def cost_markdown(inp: Inputs) -> str:
                          fmt_float(c.get("train_s"), 1), fmt_float(c.get("tokens_per_second"), 1),
                          fmt_float(c.get("tokens_processed_per_second"), 1), fmt_float(c.get("samples_per_second"), 2),
                          fmt_float(c.get("peak_train_memory_mb"), 0),
-                         f"{fmt_float(c.get('save_s'), 1)} / {fmt_float(c.get('eval_s'), 1)}" if c else "",
+                         f"{fmt_float(c['save_s'] + c['final_save_s'], 2)} / {fmt_float(c['eval_s'], 2)}" if c else "",
                          fmt_float(100 * mfu, 2) if mfu is not None else "", fmt_int(s.get("trainable_params")),
                          fmt_float(s.get("val_loss"), 3), fmt_float(s.get("val_perplexity"), 2)])
     table = md_table(["model", "method", "steps", "processes", "tokens", "train s", "tokens/s", "computed tok/s",
