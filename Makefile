@@ -194,9 +194,13 @@ test-fast: $(SETUP) $(GGUF_CONVERTER) $(NODE_DEPS) ## the test suite without the
 	FTC_REQUIRE_BROWSER=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
 BENCH_VARIANTS ?=
-bench: setup ## training tokens/s + memory per method; evaluation: stock lm_eval CLI vs ftcompare, same scores
-	$(PY) bench/bench.py
-	$(PY) bench/eval_bench.py --experiment $(EXPERIMENT) $(if $(BENCH_VARIANTS),--variants $(BENCH_VARIANTS))
+# make bench DEVICE=cuda ARCH=1b: the training table on a GPU for a random-initialised shape of bench/arch.yaml
+# (cost only; with ARCH the evaluation part is skipped)
+DEVICE ?= cpu
+ARCH   ?=
+bench: setup ## training tokens/s, samples/s, MFU, memory per method; evaluation: stock lm_eval CLI vs ftcompare
+	$(PY) bench/bench.py --device $(DEVICE) $(if $(ARCH),--arch $(ARCH))
+	$(if $(ARCH),,$(PY) bench/eval_bench.py --experiment $(EXPERIMENT) $(if $(BENCH_VARIANTS),--variants $(BENCH_VARIANTS)))
 
 clean-experiment: ## delete the trained models and evaluations of $(EXPERIMENT) (keeps base models)
 	rm -rf models/$(EXPERIMENT) evaluation_results/$(EXPERIMENT)
