@@ -33,14 +33,19 @@ MODELS   ?= $(call ftc_list,models)
 METHODS  ?= $(call ftc_list,methods)
 VARIANTS ?= $(call ftc_list,variants)
 ADAPTER_METHODS := $(call ftc_list,adapter-methods)   # methods that have an un-merged adapter variant
+SEEDS    ?= $(call ftc_list,seeds)   # train.seeds: one run per seed under <method>/seed-<k>/ (empty: one seed)
 
-RUNS    := $(foreach m,$(MODELS),$(foreach t,$(METHODS),$(m)/$(t)))
+# A run is <model>/<method>, or <model>/<method>/seed-<k> in a seeded experiment; run_args / seed_arg turn a
+# run (a pattern stem) back into the arguments of scripts/*.sh.
+RUNS    := $(foreach m,$(MODELS),$(foreach t,$(METHODS),$(if $(strip $(SEEDS)),$(foreach s,$(SEEDS),$(m)/$(t)/seed-$(s)),$(m)/$(t))))
+run_args = $(word 1,$(subst /, ,$(1))) $(word 2,$(subst /, ,$(1)))
+seed_arg = $(if $(word 3,$(subst /, ,$(1))), --seed $(patsubst seed-%,%,$(word 3,$(subst /, ,$(1)))))
 BASES   := $(foreach m,$(MODELS),models/base/$(m)/manifest.json)
 TRAINED := $(foreach r,$(RUNS),models/$(EXPERIMENT)/$(r)/train_summary.json)
 MERGED  := $(foreach r,$(RUNS),models/$(EXPERIMENT)/$(r)/merged/merge_manifest.json)
 EVALS   := $(foreach m,$(MODELS),evaluation_results/$(EXPERIMENT)/$(m)/base/results.json) \
            $(foreach r,$(RUNS),$(if $(filter merged,$(VARIANTS)),evaluation_results/$(EXPERIMENT)/$(r)-merged/results.json)) \
-           $(foreach r,$(RUNS),$(if $(and $(filter adapter,$(VARIANTS)),$(filter $(notdir $(r)),$(ADAPTER_METHODS))),\
+           $(foreach r,$(RUNS),$(if $(and $(filter adapter,$(VARIANTS)),$(filter $(word 2,$(subst /, ,$(r))),$(ADAPTER_METHODS))),\
              evaluation_results/$(EXPERIMENT)/$(r)-adapter/results.json))
 RECORD  := $(if $(filter default,$(EXPERIMENT)),models_evaluation_record.md,results/$(EXPERIMENT)/models_evaluation_record.md)
 
@@ -85,7 +90,8 @@ report: $(RECORD) ## analyze results: tables, figures, models_evaluation_record.
 # SEARCH=<name ...>: the overrides the searches' winners give this (model, method) run, in $$sa (a failed
 # lookup fails the recipe): method.* keys for the searched method only, shared train.* keys for every method.
 # `resolve --search` applies the same overrides to the config stamps.
-SEARCH_OVERRIDES = $(if $(SEARCH),sa="$$($(PY) -m ftcompare search-args --model $(*D) --method $(*F) $(SEARCH))" && )
+SEARCH_OVERRIDES = $(if $(SEARCH),sa="$$($(PY) -m ftcompare search-args --model $(word 1,$(subst /, ,$*)) \
+                   --method $(word 2,$(subst /, ,$*)) $(SEARCH))" && )
 
 # Config stamps (a run's resolved.json; the experiment's eval_settings.json), rewritten only when the
 # resolved config changes: editing a key re-runs exactly the stages that depend on it. They are brought up to
@@ -105,28 +111,29 @@ endif
 
 # (a stamp is missing only when the venv did not exist yet when make read this file)
 models/$(EXPERIMENT)/%/resolved.json: | $(SETUP)
-	@$(PY) -m ftcompare resolve --model $(*D) --method $(*F) $(if $(SEARCH),--search "$(SEARCH)") $(TRAIN_ARGS)
+	@$(PY) -m ftcompare resolve --run $* $(if $(SEARCH),--search "$(SEARCH)") $(TRAIN_ARGS)
 
 evaluation_results/$(EXPERIMENT)/eval_settings.json: | $(SETUP)
 	@$(PY) -m ftcompare resolve --eval
 
 EVAL_DEPS := evaluation_results/$(EXPERIMENT)/eval_settings.json $(TASK_FILES)
 
-# models/<exp>/<model>/<method>/train_summary.json  (stem = <model>/<method>)
-models/$(EXPERIMENT)/%/train_summary.json: models/$(EXPERIMENT)/%/resolved.json models/base/$$(*D)/manifest.json
-	$(SEARCH_OVERRIDES)bash scripts/train.sh $(*D) $(*F) $(TRAIN_ARGS)$(if $(SEARCH), $$sa)
+# models/<exp>/<model>/<method>[/seed-<k>]/train_summary.json  (stem = a run)
+models/$(EXPERIMENT)/%/train_summary.json: models/$(EXPERIMENT)/%/resolved.json \
+		models/base/$$(word 1,$$(subst /, ,$$*))/manifest.json
+	$(SEARCH_OVERRIDES)bash scripts/train.sh $(call run_args,$*)$(call seed_arg,$*) $(TRAIN_ARGS)$(if $(SEARCH), $$sa)
 
 models/$(EXPERIMENT)/%/merged/merge_manifest.json: models/$(EXPERIMENT)/%/train_summary.json
-	bash scripts/merge.sh $(*D) $(*F)
+	bash scripts/merge.sh $(call run_args,$*)$(call seed_arg,$*)
 
 evaluation_results/$(EXPERIMENT)/%/base/results.json: models/base/%/manifest.json $(EVAL_DEPS)
 	bash scripts/evaluate_models.sh $* base merged $(EVAL_ARGS)
 
 evaluation_results/$(EXPERIMENT)/%-merged/results.json: models/$(EXPERIMENT)/%/merged/merge_manifest.json $(EVAL_DEPS)
-	bash scripts/evaluate_models.sh $(*D) $(*F) merged $(EVAL_ARGS)
+	bash scripts/evaluate_models.sh $(call run_args,$*) merged$(call seed_arg,$*) $(EVAL_ARGS)
 
 evaluation_results/$(EXPERIMENT)/%-adapter/results.json: models/$(EXPERIMENT)/%/merged/merge_manifest.json $(EVAL_DEPS)
-	bash scripts/evaluate_models.sh $(*D) $(*F) adapter $(EVAL_ARGS)
+	bash scripts/evaluate_models.sh $(call run_args,$*) adapter$(call seed_arg,$*) $(EVAL_ARGS)
 
 ANALYZER := analyze_results.py requirements-assets.txt $(wildcard src/ftcompare/*.py src/ftcompare/report/*.py \
             src/ftcompare/templates/*)
@@ -187,9 +194,13 @@ test-fast: $(SETUP) $(GGUF_CONVERTER) $(NODE_DEPS) ## the test suite without the
 	FTC_REQUIRE_BROWSER=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
 BENCH_VARIANTS ?=
-bench: setup ## training tokens/s + memory per method; evaluation: stock lm_eval CLI vs ftcompare, same scores
-	$(PY) bench/bench.py
-	$(PY) bench/eval_bench.py --experiment $(EXPERIMENT) $(if $(BENCH_VARIANTS),--variants $(BENCH_VARIANTS))
+# make bench DEVICE=cuda ARCH=1b: the training table on a GPU for a random-initialised shape of bench/arch.yaml
+# (cost only; with ARCH the evaluation part is skipped)
+DEVICE ?= cpu
+ARCH   ?=
+bench: setup ## training tokens/s, samples/s, MFU, memory per method; evaluation: stock lm_eval CLI vs ftcompare
+	$(PY) bench/bench.py --device $(DEVICE) $(if $(ARCH),--arch $(ARCH))
+	$(if $(ARCH),,$(PY) bench/eval_bench.py --experiment $(EXPERIMENT) $(if $(BENCH_VARIANTS),--variants $(BENCH_VARIANTS)))
 
 clean-experiment: ## delete the trained models and evaluations of $(EXPERIMENT) (keeps base models)
 	rm -rf models/$(EXPERIMENT) evaluation_results/$(EXPERIMENT)

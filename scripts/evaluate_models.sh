@@ -4,10 +4,11 @@
 #   bash scripts/evaluate_models.sh 135m base merged              # the untuned model (-> <model>/base/)
 #   bash scripts/evaluate_models.sh 135m qlora merged             # <run>/merged/
 #   bash scripts/evaluate_models.sh 135m qlora adapter            # the un-merged adapter on its NF4 base
+#   EXPERIMENT=seeds bash scripts/evaluate_models.sh 135m lora merged --seed 43   # -> 135m/lora/seed-43-merged/
 #   bash scripts/evaluate_models.sh 135m lora merged --limit 10 --tasks ftc_hellaswag --batch-size 4 --force
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-usage="usage: bash scripts/evaluate_models.sh MODEL base|METHOD merged|adapter [--tasks a,b] [--limit N] [--batch-size N] [--force]   (EXPERIMENT=${EXPERIMENT:-default})"
+usage="usage: bash scripts/evaluate_models.sh MODEL base|METHOD merged|adapter [--seed K] [--tasks a,b] [--limit N] [--batch-size N] [--force]   (EXPERIMENT=${EXPERIMENT:-default})"
 if [ $# -lt 3 ]; then
   echo "$usage" >&2
   exit 2

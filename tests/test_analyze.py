@@ -262,7 +262,10 @@ def _check_record_numbers(proj: Path, record: str) -> None:
            f"about ±{_wilson_half_points(LIMIT)} points, at n={n_gen} about ±{_wilson_half_points(n_gen)})" in record
     for method in METHOD_LR:
         summary = json.loads((proj / "models" / EXP / "tiny" / method / "train_summary.json").read_text())
-        assert f"| tiny | {method} | 20 | {summary['tokens_seen']:,} | {summary['wall_time_s']:,.1f} |" in record
+        c = summary["cost"]  # training steps only, from one process here
+        assert f"| tiny | {method} | 20 | 1 | {c['tokens']:,} | {c['train_s']:,.1f} | {c['tokens_per_second']:,.1f} |" \
+            in record
+    assert "FLOPs/token = 6 N for full fine-tuning" in record and "trained before this accounting" not in record
     n_evals = 1 + sum(len(v) for v in VARIANTS.values())
     assert f"All checks passed for {n_evals} evaluations ({2 * n_evals} model x task results) and 3 training runs:" \
         in record
@@ -276,7 +279,7 @@ def test_analyze_writes_record_tables_figures_and_is_byte_identical(proj):
     figs = sorted((proj / "results" / "figures").glob("*.png"))
     names = {p.name for p in figs}
     assert {f"scores_{MC}.png", f"scores_{GEN}.png", "delta_vs_base.png", "accuracy_vs_peak_memory.png",
-            "accuracy_vs_wall_time.png", "training_loss.png"} <= names
+            "accuracy_vs_train_time.png", "training_loss.png"} <= names
     for p in figs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
         assert f"](results/figures/{p.name})" in record, f"{p.name} not embedded"
@@ -292,6 +295,7 @@ def test_analyze_writes_record_tables_figures_and_is_byte_identical(proj):
     cost = read_csv(tables / "training_cost.csv")
     assert [r["method"] for r in cost] == ["full", "lora", "qlora"]
     assert all(float(r["peak_memory_mb"]) > 0 and int(r["trainable_params"]) > 0 for r in cost)
+    assert all(float(r["cost_peak_train_memory_mb"]) > 0 and float(r["cost_tokens_per_second"]) > 0 for r in cost)
     # every delta carries n, a CI and a paired p-value
     comps = read_csv(tables / f"{MC}_comparisons.csv") + read_csv(tables / f"{GEN}_comparisons.csv")
     assert len(comps) == (2 + 2) * (5 + 10)  # (acc_norm, acc, 2 gsm filters) x (5 vs base + 10 pairs)

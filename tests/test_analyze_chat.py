@@ -229,6 +229,8 @@ def test_chat_record_section_figures_and_tables(chat_proj):
     assert "$" not in record.replace("\\$", "")        # every template placeholder was filled
     assert "[4a Conversational behaviour](#4a-conversational-behaviour-chat) · " in record
     assert "## 4a. Conversational behaviour (chat)" in record
+    # summaries written before the cost accounting (no "cost" block): read, their cost cells empty, named once
+    assert record.count('trained before this accounting (no "cost" in train_summary.json)') == 1
     for name in ("chat_stop_rate.png", "chat_reply_length.png", "chat_template_tokens.png",
                  f"scores_{GREEDY}.png", f"scores_{BPB}.png", "delta_vs_base.png"):
         p = out / "figures" / name

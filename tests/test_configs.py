@@ -39,9 +39,10 @@ def test_every_config_parses(kind):
 def test_every_experiment_resolves_every_run():
     for exp_name in config.available("experiments"):
         exp = config.load("experiments", exp_name)
-        for model, method in itertools.product(exp.models, exp.methods):
-            run = config.resolve_run(exp_name, model, method)
+        for model, method, seed in itertools.product(exp.models, exp.methods, exp.train.seeds or [None]):
+            run = config.resolve_run(exp_name, model, method, seed=seed)
             assert run.train.max_steps == exp.train.max_steps
+            assert run.seed == seed and run.train.seed == (exp.train.seed if seed is None else seed)
             assert len(run.hash()) == 16
 
 
@@ -96,8 +97,8 @@ def test_accelerate_config_check_catches(tmp_path, edit):
 def test_methods_differ_only_in_method_keys(exp_name):
     """Same data, data order, steps, tokens, lr schedule and seed for every method of an experiment."""
     exp = config.load("experiments", exp_name)
-    for model in exp.models:
-        runs = [config.resolve_run(exp_name, model, m).to_dict() for m in exp.methods]
+    for model, seed in itertools.product(exp.models, exp.train.seeds or [None]):
+        runs = [config.resolve_run(exp_name, model, m, seed=seed).to_dict() for m in exp.methods]
         for a, b in itertools.combinations(runs, 2):
             differing = config.diff_keys(a, b)
             outside = [k for k in differing if k.split(".")[0] not in config.METHOD_KEYS]

@@ -2,6 +2,7 @@
 on a finished tree has nothing to do, and a change re-runs exactly the stages that depend on it."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,13 +23,13 @@ METHODS = ("full", "lora", "qlora")
 
 # the names `ftcompare list` gives for the default experiment (passed so that each make reads the Makefile
 # without four Python starts; the fixture's first plan uses the real lists)
-NAMES = ["MODELS=135m", "METHODS=full lora qlora", "VARIANTS=merged", "ADAPTER_METHODS=lora qlora"]
+NAMES = ["MODELS=135m", "METHODS=full lora qlora", "VARIANTS=merged", "ADAPTER_METHODS=lora qlora", "SEEDS="]
 
 
-def make_n(tree: Path, *goals: str, names: bool = True) -> list[str]:
+def make_n(tree: Path, *goals: str, names: bool = True, experiment: str = "default") -> list[str]:
     """The stage commands `make -n` would run (the config stamps are brought up to date first)."""
     env = {k: v for k, v in os.environ.items() if k not in ("FTCOMPARE_ROOT", "MAKEFLAGS", "MFLAGS", "EXPERIMENT")}
-    r = subprocess.run(["make", "-n", *goals, "EXPERIMENT=default", *(NAMES if names else [])], cwd=tree, env=env,
+    r = subprocess.run(["make", "-n", *goals, f"EXPERIMENT={experiment}", *(NAMES if names else [])], cwd=tree, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return sorted(line.strip() for line in r.stdout.splitlines() if STAGE.match(line.strip()))
@@ -117,3 +118,33 @@ def test_a_bad_config_stops_make_with_one_line(tree):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "error: " in r.stderr and "did you mean 'max_steps'" in r.stderr
     assert "train.sh" not in r.stdout
+
+
+def test_a_seeded_experiment_plans_one_run_per_seed(tree):
+    """configs/experiments/seeds.yaml (train.seeds: [42, 43, 44]): every stage per seed at <method>/seed-<k>/,
+    the base model once; the lists come from `ftcompare list` (seeds included); SEEDS= picks a subset."""
+    seeds = (42, 43, 44)
+    runs = [(m, s) for m in METHODS for s in seeds]
+    assert make_n(tree, "pipeline", names=False, experiment="seeds") == sorted(
+        [f"bash scripts/train.sh 135m {m} --seed {s}" for m, s in runs]
+        + [f"bash scripts/merge.sh 135m {m} --seed {s}" for m, s in runs]
+        + ["bash scripts/evaluate_models.sh 135m base merged"]
+        + [f"bash scripts/evaluate_models.sh 135m {m} merged --seed {s}" for m, s in runs]
+        + [".venv/bin/python analyze_results.py --experiment seeds"])
+    for m, s in runs:  # the stamps are at the seed paths and carry the seed
+        stamp = json.loads((tree / "models" / "seeds" / "135m" / m / f"seed-{s}" / "resolved.json").read_text())
+        assert stamp["config"]["train"]["seed"] == s and "seeds" not in stamp["config"]["train"]
+    assert not (tree / "models" / "seeds" / "135m" / "lora" / "resolved.json").exists()
+    assert make_n(tree, "train", "SEEDS=43", names=False, experiment="seeds") == [
+        f"bash scripts/train.sh 135m {m} --seed 43" for m in METHODS]
+    # finished seed runs: nothing to do; their evaluations live under <method>/seed-<k>-merged/
+    for m, s in runs:
+        for name in (f"models/seeds/135m/{m}/seed-{s}/train_summary.json",
+                     f"models/seeds/135m/{m}/seed-{s}/merged/merge_manifest.json",
+                     f"evaluation_results/seeds/135m/{m}/seed-{s}-merged/results.json"):
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            (tree / name).write_text("{}\n")
+    for name in ("evaluation_results/seeds/135m/base/results.json", "results/seeds/models_evaluation_record.md"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text("{}\n")
+    assert make_n(tree, "pipeline", names=False, experiment="seeds") == []

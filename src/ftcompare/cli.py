@@ -4,7 +4,8 @@
   train   --experiment default --model 135m --method lora [section.key=value ...]
   merge   --experiment default --model 135m --method lora [section.key=value ...]
   resolve --experiment default --eval --run 135m/lora ...   (write-if-changed config stamps for make)
-  list    models|methods|tasks|variants --experiment default  (for the Makefile)
+  list    models|methods|seeds|tasks|variants --experiment default  (for the Makefile)
+  (train, merge, evaluate: --seed K names one seed of an experiment with train.seeds; resolve: --run M/METHOD/seed-K)
   evaluate --experiment default --model 135m --method lora --variant merged   (see ftcompare.evaluate)
   analyze [--experiment default] [--allow-missing]            tables, figures, the record
   search  --experiment default --model 135m --method lora --space lora [--storage URL]
@@ -42,6 +43,8 @@ def add_run_identity(p: argparse.ArgumentParser, method_help: str = "configs/met
                    help="configs/experiments/<name>.yaml (default: $EXPERIMENT or 'default')")
     p.add_argument("--model", required=True, help="model alias: configs/models/<alias>.yaml")
     p.add_argument("--method", required=True, help=method_help)
+    p.add_argument("--seed", type=int, help="one of the experiment's train.seeds (runs under <method>/seed-<k>/); "
+                   "experiments with one seed take none")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -69,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"))
     p.add_argument("--model")
     p.add_argument("--method")
-    p.add_argument("--run", action="append", default=[], metavar="MODEL/METHOD",
+    p.add_argument("--seed", type=int, help="with --model/--method: one of the experiment's train.seeds")
+    p.add_argument("--run", action="append", default=[], metavar="MODEL/METHOD[/seed-K]",
                    help="a run's resolved config (repeatable; what make does for every run before it plans)")
     p.add_argument("--eval", action="store_true", help="evaluation settings -> evaluation_results/<exp>/eval_settings.json")
     p.add_argument("--search", help="search names whose winners' overrides apply to each run (make's SEARCH=)")
@@ -102,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+", help="search names (results/search/<name>/best_overrides.yaml)")
 
     p = sub.add_parser("list", help="print names for the Makefile")
-    p.add_argument("what", choices=["models", "methods", "adapter-methods", "tasks", "variants", "all-models",
-                                    "all-methods"])
+    p.add_argument("what", choices=["models", "methods", "adapter-methods", "seeds", "tasks", "variants",
+                                    "all-models", "all-methods"])
     p.add_argument("--experiment", default=os.environ.get("EXPERIMENT", "default"))
 
     from .export import add_arguments as export_arguments
@@ -121,7 +125,8 @@ def _experiment(name: str) -> config.ExperimentConfig:
 
 def _resolve(args) -> config.RunConfig:
     _experiment(args.experiment)
-    return config.resolve_run(args.experiment, args.model, args.method, config.parse_overrides(args.overrides))
+    return config.resolve_run(args.experiment, args.model, args.method, config.parse_overrides(args.overrides),
+                              seed=args.seed)
 
 
 def cmd_prepare_base(args) -> int:
@@ -138,7 +143,7 @@ def cmd_train(args) -> int:
     from .train import is_done, train
 
     if is_done(run) and not args.force:
-        print(f"[train] {run.experiment}/{run.model.alias}/{run.method.name} is up to date (config {run.hash()}); "
+        print(f"[train] {run.experiment}/{run.label} is up to date (config {run.hash()}); "
               "--force re-trains")
         return 0
     train(run)
@@ -148,9 +153,9 @@ def cmd_train(args) -> int:
 def cmd_merge(args) -> int:
     from .merge import merge
 
-    _experiment(args.experiment)
+    exp = _experiment(args.experiment)
     config.load("models", args.model), config.load("methods", args.method)  # unknown names: one clear line
-    merge(config.load_run(args.experiment, args.model, args.method))
+    merge(config.load_run(args.experiment, args.model, args.method, config.check_seed(exp, args.seed)))
     return 0
 
 
@@ -166,30 +171,39 @@ def cmd_resolve(args) -> int:
         settings = dataclasses.asdict(exp.evaluation)
         outputs.append((paths.EVAL_RESULTS / exp.name / "eval_settings.json",
                         json.dumps({"config_hash": config.config_hash(settings), "evaluation": settings}, indent=2) + "\n"))
-    runs = [tuple(r.split("/", 1)) for r in args.run]
+    runs = [_parse_run(r) for r in args.run]
     if args.model or args.method:
         if not (args.model and args.method):
             raise FtcError("resolve needs --model and --method together")
-        runs.append((args.model, args.method))
+        runs.append((args.model, args.method, args.seed))
     if not (runs or args.eval):
         raise FtcError("resolve needs --model and --method, --run MODEL/METHOD, or --eval")
     if runs:
         _experiment(args.experiment)
     for r in runs:
-        if len(r) != 2:
-            raise FtcError(f"--run {'/'.join(r)}: expected MODEL/METHOD (e.g. 135m/lora)")
         overrides = list(args.overrides)
         if args.search:
             from .search_report import overrides_for
 
             overrides += overrides_for(args.search.split(), args.experiment, r[0], r[1])
-        run = config.resolve_run(args.experiment, r[0], r[1], config.parse_overrides(overrides))
-        outputs.append((paths.run_dir(run.experiment, run.model.alias, run.method.name) / "resolved.json",
+        run = config.resolve_run(args.experiment, r[0], r[1], config.parse_overrides(overrides), seed=r[2])
+        outputs.append((run.dir / "resolved.json",
                         json.dumps({"config_hash": run.hash(), "config": run.to_dict()}, indent=2) + "\n"))
     for out, text in outputs:
         if write_if_changed(out, text):
             print(f"[resolve] {out.relative_to(paths.ROOT)} changed", file=sys.stderr)
     return 0
+
+
+def _parse_run(text: str) -> tuple[str, str, int | None]:
+    """MODEL/METHOD[/seed-K] (make's run names, config.run_path) -> (model, method, seed or None)."""
+    parts = text.split("/")
+    seed = None
+    if len(parts) == 3 and parts[2].startswith(paths.SEED_PREFIX) and parts[2][len(paths.SEED_PREFIX):].isdigit():
+        seed = int(parts[2][len(paths.SEED_PREFIX):])
+    elif len(parts) != 2 or not all(parts):
+        raise FtcError(f"--run {text}: expected MODEL/METHOD or MODEL/METHOD/seed-K (e.g. 135m/lora, 135m/lora/seed-43)")
+    return parts[0], parts[1], seed
 
 
 def cmd_list(args) -> int:
@@ -203,6 +217,9 @@ def cmd_list(args) -> int:
     if args.what == "adapter-methods":
         print(" ".join(m for m in exp.methods if config.load("methods", m).uses_adapter))
         return 0
+    if args.what == "seeds":  # empty for a single-seed experiment: its runs have no seed-<k> level
+        print(" ".join(map(str, exp.train.seeds or [])))
+        return 0
     print(" ".join({"models": exp.models, "methods": exp.methods, "tasks": exp.evaluation.all_tasks(),
                     "variants": exp.evaluation.variants}[args.what]))
     return 0
@@ -214,7 +231,7 @@ def cmd_evaluate(args) -> int:
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     return evaluate_variant(args.experiment, args.model, args.method, args.variant, tasks, args.limit,
-                            args.batch_size, args.force)
+                            args.batch_size, args.force, seed=args.seed)
 
 
 def cmd_analyze(args) -> int:

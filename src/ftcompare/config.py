@@ -177,6 +177,21 @@ class TrainConfig:
 
 
 @dataclass
+class ExperimentTrainConfig(TrainConfig):
+    """An experiment's `train:` section: the shared TrainConfig plus the experiment-level seed list. With
+    `seeds`, each (model, method) is trained once per seed (its run's train.seed), under <method>/seed-<k>/;
+    without, one run with train.seed at today's paths. `seeds` never enters a run's resolved config."""
+    seeds: list[int] | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)
+                                       or any(s < 0 for s in self.seeds)):
+            raise ConfigError(f"train.seeds must be a non-empty list of distinct seeds >= 0, or absent "
+                              f"(got {self.seeds})")
+
+
+@dataclass
 class GenerationSettings:
     """ftcompare's own generation evaluation (chat): replies to held-out prompts, one task per setting."""
     data: str                        # configs/data/<name>.yaml (format chat): prompts from its held-out split
@@ -252,7 +267,7 @@ class ExperimentConfig:
     models: list[str] = field(default_factory=list)
     methods: list[str] = field(default_factory=list)
     data: str = ""
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: ExperimentTrainConfig = field(default_factory=ExperimentTrainConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
@@ -322,9 +337,27 @@ class RunConfig:
     method: MethodConfig
     data: DataConfig
     train: TrainConfig
+    seeded: bool = False             # one of several seeds (experiment train.seeds): lives under <method>/seed-<k>/
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.seeded:          # single-seed runs: the resolved config (and its hash) of before seeds existed
+            del d["seeded"]
+        return d
+
+    @property
+    def seed(self) -> int | None:
+        """The run's seed as part of its identity (None: the experiment's only seed)."""
+        return self.train.seed if self.seeded else None
+
+    @property
+    def dir(self):
+        return paths.run_dir(self.experiment, self.model.alias, self.method.name, self.seed)
+
+    @property
+    def label(self) -> str:
+        """<model>/<method>[/seed-<k>]: the run in messages and `make` targets."""
+        return run_path(self.model.alias, self.method.name, self.seed)
 
     def hash(self) -> str:
         return config_hash(self.to_dict())
@@ -460,9 +493,33 @@ def apply_overrides(data: dict, overrides: dict[str, Any]) -> None:
         node[parts[-1]] = value
 
 
-def resolve_run(experiment: str, model: str, method: str, overrides: dict[str, Any] | None = None) -> RunConfig:
+def run_path(model: str, method: str, seed: int | None = None) -> str:
+    """<model>/<method>[/seed-<k>]: a run relative to models/<experiment>/ (and make's run names)."""
+    return f"{model}/{method}" + (f"/{paths.seed_dir_name(seed)}" if seed is not None else "")
+
+
+def check_seed(exp: ExperimentConfig, seed: int | None) -> int | None:
+    """The seed a run of `exp` is asked for -> its seed identity: one of train.seeds, or None (single seed)."""
+    seeds = exp.train.seeds
+    if seeds is None:
+        if seed is not None:
+            raise ConfigError(f"experiment '{exp.name}' has one seed (train.seed={exp.train.seed}, no train.seeds): "
+                              f"drop --seed {seed}, or list the seeds in train.seeds")
+        return None
+    if seed is None:
+        raise ConfigError(f"experiment '{exp.name}' trains seeds {', '.join(map(str, seeds))} (train.seeds): "
+                          f"name one with --seed (or a seed-<k> run folder)")
+    if seed not in seeds:
+        raise ConfigError(f"seed {seed} is not in train.seeds of experiment '{exp.name}' "
+                          f"({', '.join(map(str, seeds))})")
+    return seed
+
+
+def resolve_run(experiment: str, model: str, method: str, overrides: dict[str, Any] | None = None,
+                seed: int | None = None) -> RunConfig:
     """The resolved config of one training run. Overrides are keyed by RunConfig section:
-    experiment.* (e.g. experiment.train.max_steps), model.*, method.*, data.*, train.*."""
+    experiment.* (e.g. experiment.train.max_steps), model.*, method.*, data.*, train.*. A seeded experiment
+    (train.seeds) needs `seed`, one of its seeds: it becomes the run's train.seed."""
     overrides = overrides or {}
     by_section: dict[str, dict] = {"experiment": {}, "model": {}, "method": {}, "data": {}, "train": {}}
     for key, value in overrides.items():
@@ -474,14 +531,22 @@ def resolve_run(experiment: str, model: str, method: str, overrides: dict[str, A
     exp = load("experiments", experiment, by_section["experiment"])
     # Any configured alias/method may be run under an experiment's shared settings (e.g. one extra
     # model); `make all` runs the experiment's own lists. Unknown names fail in load() with the valid ones.
+    seed = check_seed(exp, seed)
     train_dict = dataclasses.asdict(exp.train)
+    del train_dict["seeds"]          # experiment-level: a run carries its own train.seed
     apply_overrides(train_dict, by_section["train"])
+    if seed is not None:
+        if by_section["train"].get("seed", seed) != seed:
+            raise ConfigError(f"override train.seed={by_section['train']['seed']} contradicts --seed {seed} of a "
+                              "seeded experiment (train.seeds); drop the override")
+        train_dict["seed"] = seed
     return RunConfig(
         experiment=exp.name,
         model=load("models", model, by_section["model"]),
         method=load("methods", method, by_section["method"]),
         data=load("data", exp.data, by_section["data"]),
         train=from_dict(TrainConfig, train_dict, where="train"),
+        seeded=seed is not None,
     )
 
 
@@ -489,14 +554,15 @@ def run_from_dict(d: dict) -> RunConfig:
     return from_dict(RunConfig, d, where="run config")
 
 
-def load_run(experiment: str, model: str, method: str) -> RunConfig:
+def load_run(experiment: str, model: str, method: str, seed: int | None = None) -> RunConfig:
     """The resolved config a run was trained with (its config.json): what later stages must use."""
     import json
 
-    path = paths.run_dir(experiment, model, method) / "config.json"
+    path = paths.run_dir(experiment, model, method, seed) / "config.json"
     if not path.is_file():
-        raise ConfigError(f"{model}/{method} of experiment '{experiment}' is not trained yet "
-                          f"({path.relative_to(paths.ROOT)} missing); run `bash scripts/train.sh {model} {method}` "
+        how = f"{model} {method}" + (f" --seed {seed}" if seed is not None else "")
+        raise ConfigError(f"{run_path(model, method, seed)} of experiment '{experiment}' is not trained yet "
+                          f"({path.relative_to(paths.ROOT)} missing); run `bash scripts/train.sh {how}` "
                           f"(EXPERIMENT={experiment}) or `make all`")
     return run_from_dict(json.loads(path.read_text())["config"])
 

@@ -74,6 +74,7 @@ class EvalPlan:
     run_config_hash: str | None
     train_config_hash: str | None
     model_fingerprint: dict = field(default_factory=dict)
+    run_seed: int | None = None      # the training seed of a seeded experiment's run (None: the only seed)
     chat: bool = False               # the experiment's data is chat: tokenizer with the model's chat template
     generation: config.GenerationSettings | None = None  # set when a generation task (ftc_chat_gen_*) is asked
 
@@ -89,7 +90,7 @@ class EvalPlan:
 
     @property
     def out_dir(self) -> Path:
-        return paths.eval_dir(self.experiment, self.model, self.method, self.variant or "merged")
+        return paths.eval_dir(self.experiment, self.model, self.method, self.variant or "merged", self.run_seed)
 
     def settings(self) -> dict:
         """What determines the results: equal settings = nothing to re-run."""
@@ -104,6 +105,8 @@ class EvalPlan:
             "task_code_sha256": closure_hash("task_data") if self.include_path else None,
             "lm_eval_version": _version("lm_eval"), "model_fingerprint": self.model_fingerprint,
         }
+        if self.run_seed is not None:  # (absent for single-seed runs: earlier results keep their hash)
+            s["run_seed"] = self.run_seed
         if self.chat or self.generation_tasks:  # (absent otherwise: earlier results keep their hash)
             s["chat"] = self.chat
             s["chat_code_sha256"] = chat_code_hash()
@@ -162,7 +165,7 @@ def _base_fingerprint(model_cfg: config.ModelConfig, base_path: str) -> dict:
 
 
 def build_plan(experiment: str, model: str, method: str, variant: str = "merged", tasks: list[str] | None = None,
-               limit: int | None = None, batch_size: int | None = None) -> EvalPlan:
+               limit: int | None = None, batch_size: int | None = None, seed: int | None = None) -> EvalPlan:
     from .assets import base_model_path
 
     exp = config.load("experiments", experiment)
@@ -206,6 +209,11 @@ def build_plan(experiment: str, model: str, method: str, variant: str = "merged"
         if not Path(include_path).is_dir():
             raise FtcError(f"evaluation.include_path {include_path} is not a folder; fix configs/experiments/{experiment}.yaml")
 
+    if method == "base":
+        if seed is not None:
+            raise FtcError(f"the base model is evaluated once, with no seed: drop --seed {seed}")
+    else:
+        seed = config.check_seed(exp, seed)
     run = None
     adapter_path = None
     quantized = False
@@ -216,28 +224,29 @@ def build_plan(experiment: str, model: str, method: str, variant: str = "merged"
         dtype = model_cfg.dtype
         fingerprint = _base_fingerprint(model_cfg, model_path)
     else:
-        run = config.load_run(experiment, model, method)
-        run_dir = paths.run_dir(experiment, model, method)
+        run = config.load_run(experiment, model, method, seed)
+        run_dir = run.dir
         summary = run_dir / "train_summary.json"
         if not summary.is_file():
-            raise FtcError(f"{model}/{method} is not trained yet ({_rel(summary)} missing); run "
-                           f"`bash scripts/train.sh {model} {method}` (EXPERIMENT={experiment}) or `make train`")
+            raise FtcError(f"{run.label} is not trained yet ({_rel(summary)} missing); run "
+                           f"`bash scripts/train.sh {model} {method}{_seed_arg(seed)}` (EXPERIMENT={experiment}) "
+                           "or `make train`")
         run_hash = run.hash()
         train_hash = read_json(summary).get("config_hash")
         if train_hash != run_hash:
             raise FtcError(f"{_rel(summary)} ({train_hash}) does not match {_rel(run_dir / 'config.json')} ({run_hash}): "
-                           f"the run was interrupted or changed; re-train (`bash scripts/train.sh {model} {method}`)")
+                           f"the run was interrupted or changed; re-train (`bash scripts/train.sh {model} {method}{_seed_arg(seed)}`)")
         dtype = run.model.dtype
         if variant == "merged":
             merged = run_dir / "merged"
             mm = merged / "merge_manifest.json"
             if not mm.is_file():
-                raise FtcError(f"{_rel(merged)} is not there yet; run `bash scripts/merge.sh {model} {method}` "
+                raise FtcError(f"{_rel(merged)} is not there yet; run `bash scripts/merge.sh {model} {method}{_seed_arg(seed)}` "
                                f"(EXPERIMENT={experiment}) or `make merge`")
             merge_info = read_json(mm)
             if merge_info.get("config_hash") != run_hash:
                 raise FtcError(f"{_rel(merged)} was merged from another training config "
-                               f"({merge_info.get('config_hash')} != {run_hash}); re-run `bash scripts/merge.sh {model} {method}`")
+                               f"({merge_info.get('config_hash')} != {run_hash}); re-run `bash scripts/merge.sh {model} {method}{_seed_arg(seed)}`")
             model_path = str(merged)
             fingerprint = {"merged": _rel(merged), "config_hash": run_hash, "merged_at": merge_info.get("finished")}
         else:
@@ -247,7 +256,7 @@ def build_plan(experiment: str, model: str, method: str, variant: str = "merged"
             final = run_dir / "final"
             if not (final / "adapter_config.json").is_file():
                 raise FtcError(f"{_rel(final)}/adapter_config.json missing: no trained adapter; re-train "
-                               f"(`bash scripts/train.sh {model} {method}`)")
+                               f"(`bash scripts/train.sh {model} {method}{_seed_arg(seed)}`)")
             model_path = base_model_path(run.model)
             adapter_path = str(final)
             quantized = run.method.quantization is not None
@@ -265,8 +274,12 @@ def build_plan(experiment: str, model: str, method: str, variant: str = "merged"
         include_defaults=ev.include_defaults, model_cfg=run.model if run else model_cfg,
         run=run, model_path=model_path, adapter_path=adapter_path, quantized_base=quantized, dtype=dtype,
         run_config_hash=run_hash, train_config_hash=train_hash, model_fingerprint=fingerprint,
-        chat=is_chat, generation=generation,
+        run_seed=seed, chat=is_chat, generation=generation,
     )
+
+
+def _seed_arg(seed: int | None) -> str:
+    return "" if seed is None else f" --seed {seed}"
 
 
 def is_up_to_date(plan: EvalPlan) -> bool:
@@ -466,6 +479,7 @@ def run(plan: EvalPlan) -> dict:
         "limit": plan.limit, "n": n, "n_available": {t: results["n-samples"][t]["original"] for t in plan.tasks},
         "batch_size": plan.batch_size, "max_batch_size": plan.max_batch_size,
         "lm_eval_model": plan.lm_eval_model, "generation_batch_size": plan.generation_batch_size, "dtype": plan.dtype, "seed": plan.seed,
+        **({"run_seed": plan.run_seed} if plan.run_seed is not None else {}),
         "bootstrap_iters": plan.bootstrap_iters, "lm_eval_version": _version("lm_eval"),
         "include_path": _rel(plan.include_path) if plan.include_path else None, "include_defaults": plan.include_defaults,
         "run_config_hash": plan.run_config_hash, "train_config_hash": plan.train_config_hash,
@@ -492,15 +506,15 @@ def run(plan: EvalPlan) -> dict:
 
 
 def _label(plan: EvalPlan) -> str:
-    return f"{plan.experiment}/{plan.model}/" + ("base" if plan.method == "base" else f"{plan.method}-{plan.variant}")
+    return _rel(plan.out_dir.relative_to(paths.EVAL_RESULTS))
 
 
 def evaluate_variant(experiment: str, model: str, method: str, variant: str = "merged",
                      tasks: list[str] | None = None, limit: int | None = None, batch_size: int | None = None,
-                     force: bool = False) -> int:
+                     force: bool = False, seed: int | None = None) -> int:
     """The `evaluate` stage: plan, skip if results.json matches the settings (unless force), else run.
     Call environment.setup_environment first (before transformers / lm_eval are imported)."""
-    plan = build_plan(experiment, model, method, variant, tasks, limit, batch_size)
+    plan = build_plan(experiment, model, method, variant, tasks, limit, batch_size, seed)
     results = plan.out_dir / "results.json"
     if not force and is_up_to_date(plan):
         os.utime(results)  # make: the target is up to date

@@ -51,12 +51,13 @@ def dequantize_exact(model, dtype):
 def merge(run: RunConfig) -> Path:
     from .modeling import align_vocab, load_base, load_tokenizer, torch_dtype
 
-    out = paths.run_dir(run.experiment, run.model.alias, run.method.name)
+    out = run.dir
     final = out / "final"
     summary = out / "train_summary.json"
     if not summary.is_file() or not final.is_dir():
-        raise FtcError(f"{run.model.alias}/{run.method.name} is not trained yet ({summary.relative_to(paths.ROOT)} "
-                       f"missing); run `bash scripts/train.sh {run.model.alias} {run.method.name}` first")
+        raise FtcError(f"{run.label} is not trained yet ({summary.relative_to(paths.ROOT)} missing); run "
+                       f"`bash scripts/train.sh {run.model.alias} {run.method.name}"
+                       f"{'' if run.seed is None else f' --seed {run.seed}'}` first")
     from .hub import check_run
 
     check_run(run)  # hub base model reachable at its pinned revision (seconds), before anything is written
@@ -100,5 +101,5 @@ def merge(run: RunConfig) -> Path:
         atomic_write_json(Path(tmp) / "merge_manifest.json", {
             "method": run.method.name, "how": how, "config_hash": run.hash(), "finished": now(),
             "dtype": run.model.dtype, **manifest()})
-    print(f"[merge] {run.model.alias}/{run.method.name}: {how} -> {(out / 'merged').relative_to(paths.ROOT)}", flush=True)
+    print(f"[merge] {run.label}: {how} -> {(out / 'merged').relative_to(paths.ROOT)}", flush=True)
     return out / "merged"

@@ -41,12 +41,25 @@ def base_dir(model_alias: str) -> Path:
     return root() / "models" / "base" / model_alias
 
 
-def run_dir(experiment: str, model_alias: str, method: str) -> Path:
-    """Output folder of one (experiment, model, method) training run."""
-    return root() / "models" / experiment / model_alias / method
+SEED_PREFIX = "seed-"
 
 
-def eval_dir(experiment: str, model_alias: str, method: str, variant: str = "merged") -> Path:
-    """Fixed folder of one evaluation: <method>-<merged|adapter>, or 'base' for the untuned model."""
-    name = "base" if method == "base" else f"{method}-{variant}"
-    return root() / "evaluation_results" / experiment / model_alias / name
+def seed_dir_name(seed: int) -> str:
+    """The folder of one seed of a seeded experiment (train.seeds): seed-<k>."""
+    return f"{SEED_PREFIX}{seed}"
+
+
+def run_dir(experiment: str, model_alias: str, method: str, seed: int | None = None) -> Path:
+    """Output folder of one (experiment, model, method[, seed]) training run; seed None: the only seed."""
+    out = root() / "models" / experiment / model_alias / method
+    return out / seed_dir_name(seed) if seed is not None else out
+
+
+def eval_dir(experiment: str, model_alias: str, method: str, variant: str = "merged", seed: int | None = None) -> Path:
+    """Fixed folder of one evaluation: <method>-<merged|adapter>, or 'base' for the untuned model; a seed's
+    variant: <method>/seed-<k>-<variant> (the run's folder under models/, plus -<variant>, as without seeds)."""
+    if method == "base":
+        return root() / "evaluation_results" / experiment / model_alias / "base"
+    if seed is not None:
+        return root() / "evaluation_results" / experiment / model_alias / method / f"{seed_dir_name(seed)}-{variant}"
+    return root() / "evaluation_results" / experiment / model_alias / f"{method}-{variant}"

@@ -5,14 +5,20 @@ accelerate/DDP) -> save -> summary. Outputs, at fixed paths under models/<experi
   config.json          resolved config + its hash (written first: a checkpoint from another config is discarded)
   checkpoints/         Trainer checkpoints every train.save_steps (the last train.save_total_limit kept)
   train_log.jsonl      one line per logged step: loss, lr, grad_norm, tokens/s, peak memory
+  cost_log.jsonl       one line per optimizer step and checkpoint save, of every process of the run (cost.py)
   tensorboard/         train.report_to=tensorboard: the same steps as TensorBoard events (tracking.py)
   template_view.json   chat data: one training conversation as tokens, special or not, trained or not
   final/               the trained weights: full model, or the LoRA adapter (+ tokenizer)
-  train_summary.json   written last: wall time, tokens, tokens/s, peak memory, params, validation loss
+  train_summary.json   written last: params, validation loss (+ perplexity), and the training cost: "cost" (cost.py:
+                       steady-state tokens/s and samples/s of the optimizer steps alone, summed over every process
+                       of a resumed run; peak memory inside steps; save and evaluation time; MFU). The top-level
+                       wall_time_s / tokens_per_second / peak_memory_mb are the older whole-process figures (the
+                       last process's loop including warm-up and saves; the peak after the final evaluation).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import shutil
@@ -20,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import cost as cost_mod
 from . import data as data_mod
 from . import paths
 from .config import RunConfig
@@ -151,17 +158,22 @@ def _collator(run: RunConfig, tokenizer):
 
 
 class _PositionCounter:
-    """Counts the positions the model computes (input_ids.numel(), padding included), with a forward pre-hook:
-    exact whatever the dataloader prefetches."""
+    """Counts the positions the model computes (input_ids.numel(), padding included) and the examples (rows, or
+    in a flattened row the position-id restarts), with a forward pre-hook: exact whatever the dataloader
+    prefetches. `n` is taken by the step log; `total` and `samples` only grow (cost.py reads differences)."""
 
     def __init__(self, model):
-        self.n = 0
+        self.n = self.total = self.samples = 0
         model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is not None:
             self.n += int(ids.numel())
+            self.total += int(ids.numel())
+            pos = kwargs.get("position_ids")
+            flat = pos is not None and kwargs.get("attention_mask") is None and ids.shape[0] == 1
+            self.samples += int((pos == 0).sum()) if flat else int(ids.shape[0])
 
     def take(self) -> int | None:
         n, self.n = self.n, 0
@@ -232,7 +244,7 @@ def _save_final(trainer, tokenizer, run: RunConfig, out: Path) -> None:
 
 
 def is_done(run: RunConfig, out: Path | None = None) -> bool:
-    out = out or paths.run_dir(run.experiment, run.model.alias, run.method.name)
+    out = out or run.dir
     summary = out / "train_summary.json"
     return summary.is_file() and read_json(summary).get("config_hash") == run.hash()
 
@@ -249,11 +261,12 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
 
     if max_steps is not None:
         run.train.max_steps = max_steps
-    out = Path(output_dir or paths.run_dir(run.experiment, run.model.alias, run.method.name))
+    out = Path(output_dir or run.dir)
     out.mkdir(parents=True, exist_ok=True)
     config_hash = run.hash()
     if run.train.num_threads:
         torch.set_num_threads(run.train.num_threads)
+    matmul_peak = cost_mod.matmul_peak()  # the MFU denominator, on this device with these threads (seconds)
 
     if stop_at is not None and not 0 < stop_at <= run.train.max_steps:
         raise ValueError(f"stop_at={stop_at} is outside 1..{run.train.max_steps}")
@@ -292,6 +305,11 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
           f"{run.train.max_steps} steps" + (f", resuming from {Path(resume).name}" if resume else ""), flush=True)
 
     session = {"t0": time.time(), "tokens0": 0, "counter": _PositionCounter(model)}
+    val_tokens = cost_mod.ValTokenLoss(model)
+    n_frozen, n_trainable = cost_mod.linear_weights(model)
+    main = _is_main_process()
+    meter = cost_mod.cost_meter(out, cost_mod.start_session(out, resume) if main else 0, session["counter"],
+                                int(os.environ.get("WORLD_SIZE", "1")), main)
     trainer = Trainer(
         model=model,
         args=_training_args(run, out, run.train.max_steps),
@@ -299,13 +317,22 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         eval_dataset=val_ds,
         data_collator=_collator(run, tokenizer),
         processing_class=tokenizer,
-        callbacks=[_step_logger(log_path, session, stop_at), *trackers(run, out, resume)],
+        callbacks=[meter, _step_logger(log_path, session, stop_at), *trackers(run, out, resume)],
     )
+    meter.wrap_saves(trainer)
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - session["t0"]
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()  # the evaluation's peak apart from training's
+    t_eval = time.perf_counter()
     val_loss = float(trainer.evaluate()["eval_loss"])
+    val_token_loss = val_tokens.mean()  # every process takes part
+    eval_s = time.perf_counter() - t_eval
+    eval_peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
+    t_save = time.perf_counter()
     _save_final(trainer, tokenizer, run, out)
+    final_save_s = time.perf_counter() - t_save
     if not trainer.is_world_process_zero():
         return TrainResult(val_loss=val_loss, summary={}, output_dir=out)
 
@@ -323,10 +350,17 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         "tokens_seen": tokens,
         "tokens_processed": sum(s.get("tokens_processed") or 0 for s in steps) or None,  # padding included
         "padding_free": run.train.padding_free,
-        "wall_time_s": round(wall, 2),  # this session's training loop (a resumed run counts its last session)
+        # whole-process figures, kept for older readers: the last process's training loop including warm-up and
+        # checkpoint saves, and the process's peak memory read after the final evaluation. The record uses "cost".
+        "wall_time_s": round(wall, 2),
         "tokens_per_second": round((tokens - session["tokens0"]) / wall, 2),
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "peak_memory_kind": "cuda_max_allocated" if torch.cuda.is_available() else "cpu_max_rss",
+        "cost": {**cost_mod.summarize(out, cost_mod.flops_per_token(n_frozen, n_trainable), matmul_peak,
+                                      meter.memory.kind),
+                 "n_frozen_linear": n_frozen, "n_trainable_linear": n_trainable,
+                 "eval_s": round(eval_s, 6), "final_save_s": round(final_save_s, 6),
+                 "eval_peak_memory_mb": round(eval_peak, 1) if eval_peak is not None else None},
         "trainable_params": trainable,
         "precision": precision_used,  # parameter dtypes by kind, as trained (the precision policy)
         "total_params": total,
@@ -334,7 +368,9 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         "train_loss_first": steps[0]["loss"] if steps else None,
         "train_loss_last": steps[-1]["loss"] if steps else None,
         "train_loss_mean": result.training_loss,
-        "val_loss": val_loss,
+        "val_loss": val_loss,  # Trainer's eval_loss: eval batches' mean token losses, averaged per example
+        "val_token_loss": val_token_loss,  # the mean loss over every predicted validation token
+        "val_perplexity": round(math.exp(val_token_loss), 6) if val_token_loss is not None else None,
         "n_train_examples": len(train_ds),
         "n_val_examples": len(val_ds),
         "data_fingerprint_train": data_mod.fingerprint(train_ex),
@@ -344,7 +380,7 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
         "resumed_from": Path(resume).name if resume else None,
         "started": started,
         "finished": now(),
-        "manifest": manifest(seed=run.train.seed, hub=revisions(run)),
+        "manifest": manifest(seed=run.train.seed, hub=revisions(run), matmul_peak=matmul_peak),
     }
     atomic_write_json(out / "train_summary.json", summary)  # last: its presence means the run is done
     print(f"[train] done in {wall:.0f} s, {tokens} tokens, val_loss {val_loss:.4f} -> "

@@ -45,39 +45,55 @@ def _chat_cells(data: FigureData, model: str) -> list[Bar]:
     return [c for c in data.bars if c.model == model]
 
 
-def _chat_stop_rate(data: FigureData, path: Path) -> Path:
-    """Per model a panel; per setting a group of bars (one per evaluated variant) with 95% Wilson CIs."""
+def _chat_grid(data: FigureData, cell_width: float):
+    """The figure of a per-model chat panel: one group of slots per setting, one slot per evaluated variant.
+    -> (fig, [(ax, model, slot width, [(task, cell, x), ...])])."""
     plt = _plt()
-    chat = data.chat
-    colors = method_colors(data.methods)
-    tasks = [t for t, _ in chat.tasks]
-    models = data.models
-    n_cells = max(len(_chat_cells(data, m)) for m in models)
-    fig, axes = plt.subplots(1, len(models), figsize=(1.5 + (0.5 + 0.45 * n_cells) * len(tasks) * len(models), 3.8),
-                             squeeze=False)
-    legend: dict = {}
-    for ax, model in zip(axes[0], models):
+    tasks = [t for t, _ in data.chat.tasks]
+    n_cells = max(len(_chat_cells(data, m)) for m in data.models)
+    fig, axes = plt.subplots(1, len(data.models), squeeze=False,
+                             figsize=(1.5 + (0.5 + cell_width * n_cells) * len(tasks) * len(data.models), 3.8))
+    panels = []
+    for ax, model in zip(axes[0], data.models):
         cells = _chat_cells(data, model)
         width = 0.8 / max(1, len(cells))
-        for gi, task in enumerate(tasks):
-            for ci, cell in enumerate(cells):
-                x = gi - 0.4 + width * (ci + 0.5)
-                r = chat.stop.get((cell, task))
-                if r is None:
-                    ax.text(x, 2, f"{cell.label}: missing", rotation=90, ha="center", va="bottom", fontsize=7,
-                            color="red")
-                    continue
-                v, lo, hi = 100 * r[0].value, 100 * r[0].low, 100 * r[0].high
-                b = ax.bar(x, v, width * 0.9, color=colors.get(cell.method, "#999999"),
-                           hatch=VARIANT_HATCH.get(cell.variant, ""), edgecolor="white", lw=0.5)
-                ax.errorbar(x, v, yerr=[[v - lo], [hi - v]], fmt="none", ecolor="black", elinewidth=1, capsize=3)
-                ax.text(x, hi + 1, f"{v:.0f}", ha="center", va="bottom", fontsize=7)
-                legend.setdefault(cell.label, b)
+        slots = [(task, cell, gi - 0.4 + width * (ci + 0.5)) for gi, task in enumerate(tasks)
+                 for ci, cell in enumerate(cells)]
+        panels.append((ax, model, width, slots))
+    return fig, panels
+
+
+def _missing(ax, x: float, y: float, cell: Bar) -> None:
+    ax.text(x, y, f"{cell.label}: missing", rotation=90, ha="center", va="bottom", fontsize=7, color="red")
+
+
+def _setting_axis(ax, chat: ChatData) -> None:
+    ax.set_xticks(range(len(chat.tasks)), [f"setting {s}" for _, s in chat.tasks])
+    ax.set_xlim(-0.6, len(chat.tasks) - 0.4)
+
+
+def _chat_stop_rate(data: FigureData, path: Path) -> Path:
+    """Per model a panel; per setting a group of bars (one per evaluated variant) with 95% Wilson CIs."""
+    chat = data.chat
+    colors = method_colors(data.methods)
+    fig, panels = _chat_grid(data, 0.45)
+    legend: dict = {}
+    for ax, model, width, slots in panels:
+        for task, cell, x in slots:
+            r = chat.stop.get((cell, task))
+            if r is None:
+                _missing(ax, x, 2, cell)
+                continue
+            v, lo, hi = 100 * r[0].value, 100 * r[0].low, 100 * r[0].high
+            b = ax.bar(x, v, width * 0.9, color=colors.get(cell.method, "#999999"),
+                       hatch=VARIANT_HATCH.get(cell.variant, ""), edgecolor="white", lw=0.5)
+            ax.errorbar(x, v, yerr=[[v - lo], [hi - v]], fmt="none", ecolor="black", elinewidth=1, capsize=3)
+            ax.text(x, hi + 1, f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+            legend.setdefault(cell.label, b)
         h = ax.axhline(100 * chat.stop_target, color=STOP_TARGET_COLOR, ls=":", lw=1.2)
         legend.setdefault(f"target: {100 * chat.stop_target:.0f}% of prompts", h)
         ns = sorted({n for (bar, _), (_, n) in chat.stop.items() if bar.model == model and n})
-        ax.set_xticks(range(len(tasks)), [f"setting {s}" for _, s in chat.tasks])
-        ax.set_xlim(-0.6, len(tasks) - 0.4)
+        _setting_axis(ax, chat)
         ax.set_ylim(0, 112)
         ax.set_ylabel("replies that end their turn (%)")
         ax.set_title(f"model {model} (n = {', '.join(map(str, ns))} prompts)")
@@ -88,46 +104,35 @@ def _chat_stop_rate(data: FigureData, path: Path) -> Path:
 
 def _chat_reply_length(data: FigureData, path: Path) -> Path:
     """Per model a panel; per setting a group of boxes (one per variant) with every reply as a point."""
-    plt = _plt()
     chat = data.chat
     colors = method_colors(data.methods)
-    tasks = [t for t, _ in chat.tasks]
-    models = data.models
-    n_cells = max(len(_chat_cells(data, m)) for m in models)
-    fig, axes = plt.subplots(1, len(models), figsize=(1.5 + (0.5 + 0.5 * n_cells) * len(tasks) * len(models), 3.8),
-                             squeeze=False)
+    fig, panels = _chat_grid(data, 0.5)
     legend: dict = {}
     top = 0.0
-    for ax, model in zip(axes[0], models):
-        cells = _chat_cells(data, model)
-        width = 0.8 / max(1, len(cells))
-        for gi, task in enumerate(tasks):
-            for ci, cell in enumerate(cells):
-                x = gi - 0.4 + width * (ci + 0.5)
-                values = list(chat.lengths.get((cell, task), ()))
-                if not values:
-                    ax.text(x, 0, f"{cell.label}: missing", rotation=90, ha="center", va="bottom", fontsize=7,
-                            color="red")
-                    continue
-                color = colors.get(cell.method, "#999999")
-                bp = ax.boxplot([values], positions=[x], widths=width * 0.75, patch_artist=True, showfliers=False,
-                                manage_ticks=False, medianprops={"color": "black", "lw": 1.2})
-                for patch in bp["boxes"]:
-                    patch.set_facecolor(color)
-                    patch.set_alpha(0.35)
-                    patch.set_hatch(VARIANT_HATCH.get(cell.variant, ""))
-                # points spread deterministically across the box (golden-ratio offsets, no random state)
-                xs = [x + width * 0.6 * (((i * 0.6180339887) % 1.0) - 0.5) for i in range(len(values))]
-                ax.scatter(xs, values, s=7, color=color, alpha=0.7, lw=0, zorder=3)
-                top = max(top, max(values))
-                legend.setdefault(cell.label, bp["boxes"][0])
+    for ax, model, width, slots in panels:
+        for task, cell, x in slots:
+            values = list(chat.lengths.get((cell, task), ()))
+            if not values:
+                _missing(ax, x, 0, cell)
+                continue
+            color = colors.get(cell.method, "#999999")
+            bp = ax.boxplot([values], positions=[x], widths=width * 0.75, patch_artist=True, showfliers=False,
+                            manage_ticks=False, medianprops={"color": "black", "lw": 1.2})
+            for patch in bp["boxes"]:
+                patch.set_facecolor(color)
+                patch.set_alpha(0.35)
+                patch.set_hatch(VARIANT_HATCH.get(cell.variant, ""))
+            # points spread deterministically across the box (golden-ratio offsets, no random state)
+            xs = [x + width * 0.6 * (((i * 0.6180339887) % 1.0) - 0.5) for i in range(len(values))]
+            ax.scatter(xs, values, s=7, color=color, alpha=0.7, lw=0, zorder=3)
+            top = max(top, max(values))
+            legend.setdefault(cell.label, bp["boxes"][0])
         mnt = chat.max_new_tokens
         if mnt is not None:
             h = ax.axhline(mnt, color=STOP_TARGET_COLOR, ls=":", lw=1.2)
             legend.setdefault(f"max_new_tokens = {mnt} (a reply here did not end its turn)", h)
             top = max(top, mnt)
-        ax.set_xticks(range(len(tasks)), [f"setting {s}" for _, s in chat.tasks])
-        ax.set_xlim(-0.6, len(tasks) - 0.4)
+        _setting_axis(ax, chat)
         ax.set_ylim(0, 1.08 * top if top > 0 else 1)
         ax.set_ylabel("reply length (tokens, end-of-turn excluded)")
         ax.set_title(f"model {model}")

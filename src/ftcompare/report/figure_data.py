@@ -35,7 +35,8 @@ def figure_data(an: Analysis) -> FigureData:
     for (model, method), run in inp.training.items():
         logged = [r for r in run.log if r.get("loss") is not None]
         s = run.summary
-        runs[(model, method)] = TrainRun(model, method, s.get("peak_memory_mb"), s.get("wall_time_s"),
+        c = s.get("cost") or {}  # training steps only (ftcompare.cost); runs trained before it: no point
+        runs[(model, method)] = TrainRun(model, method, c.get("peak_train_memory_mb"), c.get("train_s"),
                                          (run.config or {}).get("method", {}).get("learning_rate"),
                                          tuple(r["step"] for r in logged), tuple(r["loss"] for r in logged),
                                          s.get("val_loss"))

@@ -4,8 +4,8 @@ report's data (`FigureData`, built by the report) and import nothing from it.
   scores_<task>.png            per task and reported metric: bars per method with 95% CIs, the base model as a
                                reference line (its CI as a band), chance level for multiple choice
   delta_vs_base.png            every method - base delta with its paired 95% CI and p-value
-  accuracy_vs_peak_memory.png  primary metric vs training peak memory, per task
-  accuracy_vs_wall_time.png    primary metric vs training wall time, per task
+  accuracy_vs_peak_memory.png  primary metric vs peak memory of the training steps, per task
+  accuracy_vs_train_time.png   primary metric vs time of the training steps (all processes), per task
   training_loss.png            training loss per step of every method (one panel per model)
   chat_*.png                   chat only (chat_figures.py)
 
@@ -97,7 +97,7 @@ class TrainRun:
     model: str
     method: str
     peak_memory_mb: float | None
-    wall_time_s: float | None
+    train_s: float | None             # optimizer steps' time, summed over the run's processes
     learning_rate: float | None
     steps: tuple[int, ...]    # logged steps with a loss
     losses: tuple[float, ...]
@@ -162,10 +162,10 @@ def write_figures(data: FigureData, out: Path) -> dict[str, Path]:
         if data.deltas:
             made["delta_vs_base"] = _delta(data, out / "delta_vs_base.png")
         if data.runs and data.tasks:
-            made["accuracy_vs_peak_memory"] = _cost_scatter(data, "peak_memory_mb", "training peak memory (MB)",
+            made["accuracy_vs_peak_memory"] = _cost_scatter(data, "peak_memory_mb", "peak memory in training steps (MB)",
                                                             out / "accuracy_vs_peak_memory.png")
-            made["accuracy_vs_wall_time"] = _cost_scatter(data, "wall_time_s", "training wall time (s)",
-                                                          out / "accuracy_vs_wall_time.png")
+            made["accuracy_vs_train_time"] = _cost_scatter(data, "train_s", "training steps' time (s, all processes)",
+                                                           out / "accuracy_vs_train_time.png")
         if any(run.steps for run in data.runs.values()):
             made["training_loss"] = _loss(data, out / "training_loss.png")
     return made
@@ -312,7 +312,7 @@ def _cost_scatter(data: FigureData, key: str, xlabel: str, path: Path) -> Path:
         ax.set_title(ts.task)
         ax.margins(x=0.25, y=0.15)
     what = "peak memory: " + ", ".join(data.peak_memory_kinds) if key == "peak_memory_mb" else \
-        "wall time of the training loop"
+        "optimizer steps only: no warm-up excluded, no saves, no evaluation"
     fig.suptitle(f"Score (primary metric, 95% Wilson CI) vs training cost — experiment {data.experiment} ({what})")
     _legend_below(fig, legend)
     return _save(fig, path)

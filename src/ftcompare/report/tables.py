@@ -16,9 +16,15 @@ SCORE_COLUMNS = ["experiment", "task", "metric", "filter", "model", "evaluated",
 COMPARISON_COLUMNS = ["experiment", "task", "metric", "filter", "model", "comparison", "first", "second", "n",
                       "first_value", "second_value", "delta", "ci95_low", "ci95_high", "ci_method",
                       "n_right_first_only", "n_right_second_only", "test", "p_value", "p_holm", "verdict"]
-COST_COLUMNS = ["experiment", "model", "method", "max_steps", "examples_seen", "tokens_seen", "wall_time_s",
-                "tokens_per_second", "peak_memory_mb", "peak_memory_kind", "trainable_params", "total_params",
-                "trainable_percent", "train_loss_last", "val_loss", "config_hash", "source"]
+# train_summary.json's "cost" block (ftcompare.cost), as cost_<key> columns: training steps alone, every process
+COST_FIELDS = ["processes", "steps", "train_s", "tokens", "tokens_processed", "samples", "tokens_per_second",
+               "tokens_processed_per_second", "samples_per_second", "peak_train_memory_mb", "memory_kind", "saves",
+               "save_s", "final_save_s", "eval_s", "flops_per_token", "matmul_peak_tflops", "mfu"]
+COST_COLUMNS = ["experiment", "model", "method", "max_steps", "examples_seen", "tokens_seen",
+                *(f"cost_{k}" for k in COST_FIELDS), "trainable_params", "total_params", "trainable_percent",
+                "train_loss_last", "val_loss", "val_token_loss", "val_perplexity",
+                # older whole-process figures (loop incl. warm-up and saves; peak read after evaluation)
+                "wall_time_s", "tokens_per_second", "peak_memory_mb", "peak_memory_kind", "config_hash", "source"]
 
 
 def tidy_rows(evaluations) -> list[dict]:
@@ -204,32 +210,67 @@ def cost_rows(inp: Inputs) -> list[dict]:
         for method in inp.exp.methods:
             run = inp.training.get((model, method))
             if run is not None:
-                rows.append({**{k: run.summary.get(k) for k in COST_COLUMNS}, "experiment": inp.experiment,
+                cost = run.summary.get("cost") or {}
+                rows.append({**{k: run.summary.get(k) for k in COST_COLUMNS},
+                             **{f"cost_{k}": cost.get(k) for k in COST_FIELDS}, "experiment": inp.experiment,
                              "model": model, "method": method, "source": rel(run.path)})
     return rows
 
 
+COST_NOTE = """\
+Training-only figures (ftcompare/cost.py): each optimizer step is timed from its start to its end (forward,
+backward, optimizer; not fetching its batch, logging, checkpoint saves or evaluation), summed over every process
+of the run (a run resumed after a kill counts both; steps it re-did count twice). tokens/s and samples/s are steady
+state: steady tokens / steady step time, where the first {warmup} steps of each process are warm-up and left out;
+tokens are real (non-padding) tokens, "computed" counts the positions the model ran, padding included. Peak memory
+is read inside training steps only. save s: the checkpoint saves and the final weights. MFU = FLOPs/token x computed tokens/s / the matmul peak measured at start-up
+(run manifest); FLOPs/token = 6 N for full fine-tuning (every weight trained: forward 2, input gradient 2, weight
+gradient 2) and 4 N_frozen + 6 N_trainable for LoRA-family methods (the frozen base needs forward and input
+gradient only), N = the weights of the linear layers (LM head included; the input embedding, a lookup, and
+attention's score products are not counted; activation checkpointing's recomputation is not counted). Validation
+perplexity = exp(mean loss over every predicted validation token)."""
+
+
 def cost_markdown(inp: Inputs) -> str:
-    """The training cost table (the record adds what peak memory means)."""
-    rows = []
+    """The training cost table, from train_summary.json's "cost" block, with its formulas below it. Runs trained
+    before that block existed show their steps and losses and empty cost cells, named under the table."""
+    rows, older = [], []
     for model in inp.models():
         for method in inp.exp.methods:
             run = inp.training.get((model, method))
             if run is None:
-                rows.append([model, method] + ["missing"] + [""] * 8)
+                rows.append([model, method] + ["missing"] + [""] * 13)
                 continue
-            s = run.summary
-            rows.append([model, method, s.get("max_steps"), fmt_int(s.get("tokens_seen")),
-                         fmt_float(s.get("wall_time_s"), 1), fmt_float(s.get("tokens_per_second"), 1),
-                         fmt_float(s.get("peak_memory_mb"), 0), fmt_int(s.get("trainable_params")),
-                         fmt_float(s.get("trainable_percent"), 2), fmt_float(s.get("train_loss_last"), 3),
-                         fmt_float(s.get("val_loss"), 3)])
-    return md_table(["model", "method", "steps", "tokens", "wall time s", "tokens/s", "peak memory MB",
-                     "trainable params", "trainable %", "last train loss", "val loss"], rows, "llrrrrrrrrr")
+            s, c = run.summary, run.summary.get("cost") or {}
+            if not c:
+                older.append(f"{model}/{method}")
+            mfu = c.get("mfu")
+            rows.append([model, method, s.get("max_steps"), c.get("processes", ""), fmt_int(c.get("tokens")),
+                         fmt_float(c.get("train_s"), 1), fmt_float(c.get("tokens_per_second"), 1),
+                         fmt_float(c.get("tokens_processed_per_second"), 1), fmt_float(c.get("samples_per_second"), 2),
+                         fmt_float(c.get("peak_train_memory_mb"), 0),
+                         f"{fmt_float(c['save_s'] + c['final_save_s'], 2)} / {fmt_float(c['eval_s'], 2)}" if c else "",
+                         fmt_float(100 * mfu, 2) if mfu is not None else "", fmt_int(s.get("trainable_params")),
+                         fmt_float(s.get("val_loss"), 3), fmt_float(s.get("val_perplexity"), 2)])
+    table = md_table(["model", "method", "steps", "processes", "tokens", "train s", "tokens/s", "computed tok/s",
+                      "samples/s", "peak train memory MB", "save s / eval s", "MFU %", "trainable params",
+                      "val loss", "val ppl"], rows, "llrrrrrrrrrrrrr")
+    note = COST_NOTE.format(warmup=_warmup(inp))
+    if older:
+        note += (f"\n\n{', '.join(older)}: trained before this accounting (no \"cost\" in train_summary.json): "
+                 "its cost cells are empty; train it again to fill them.")
+    return f"{table}\n\n{note}"
+
+
+def _warmup(inp: Inputs) -> str:
+    ns = {(r.summary.get("cost") or {}).get("warmup_steps_excluded_per_process") for r in inp.training.values()}
+    ns.discard(None)
+    return " or ".join(str(n) for n in sorted(ns)) or "few"
 
 
 def peak_memory_kinds(inp: Inputs) -> list[str]:
-    return sorted({str(r.summary.get("peak_memory_kind")) for r in inp.training.values()})
+    return sorted({str((r.summary.get("cost") or {}).get("memory_kind") or r.summary.get("peak_memory_kind"))
+                   for r in inp.training.values()})
 
 
 def manifest_cells(m: dict, keys) -> list[str]:
