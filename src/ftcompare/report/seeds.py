@@ -6,9 +6,9 @@ The rule (stated in the record): the unit is one training run (one seed), the sc
 same evaluation items. A method vs the base model (evaluated once, no seed): one-sample t-test of the k seed scores
 against the base score (df k-1). Method vs method: two-sample t-test (pooled variance) of their seed scores
 (df k1+k2-2). Holm-adjusted within each (task, metric) table, like the per-seed paired tables. "Exceeds the
-seed-to-seed variation" = Holm p < ALPHA. With no spread at all (every seed of both sides the same score) the t-test
-is undefined: no verdict (n/a), never counted as exceeding; likewise with fewer than 2 seeds. The per-seed paired tests (section 4) answer a different question: whether
-this seed's models differ on these items.
+seed-to-seed variation" = Holm p < ALPHA. With no spread at all (every seed of both sides the same score) the
+t-test is undefined: no verdict (n/a), never counted as exceeding; likewise with fewer than 2 seeds. The per-seed
+paired tests (section 4) answer a different question: whether this seed's models differ on these items.
 """
 from __future__ import annotations
 
@@ -191,11 +191,13 @@ def seed_markdown(sa: SeedAnalysis, task: str) -> str:
     for metric, filt in dict.fromkeys((s.metric, s.filter) for s in sa.spreads if s.task == task):
         d = metric_display(metric)
         rows = [[s.model, s.label, s.k, " / ".join(f"{d.value(v)} (seed {k})" for k, v in zip(s.seeds, s.values)),
-                 d.value(s.mean), "n/a" if s.k < 2 else d.value(s.sd, 1), f"{d.value(min(s.values))}–{d.value(max(s.values))}"]
+                 d.value(s.mean), "n/a" if s.k < 2 else d.value(s.sd, 1),
+                 f"{d.value(min(s.values))}–{d.value(max(s.values))}"]
                 for s in sa.spreads if (s.task, s.metric, s.filter) == (task, metric, filt)]
         unit = "%" if d.percent else d.unit
-        parts.append(f"**{task}, {metric_name(metric, filt)}** (scores in {unit}; SD across seeds, n−1)\n\n" + md_table(
-            ["model", "evaluated", "seeds", "score per seed", "mean", "SD", "range"], rows, "llrlrrl"))
+        parts.append(f"**{task}, {metric_name(metric, filt)}** (scores in {unit}; SD across seeds, n−1)\n\n"
+                     + md_table(["model", "evaluated", "seeds", "score per seed", "mean", "SD", "range"], rows,
+                                "llrlrrl"))
         rows = [[t.model, f"{t.second} − {t.first}", d.delta(t.delta), "n/a" if t.seed_sd != t.seed_sd else
                  d.value(t.seed_sd, 1), t.test, f"{fmt_p(t.p_value)} / {fmt_p(t.p_holm)}", t.verdict()]
                 for t in sa.tests if (t.task, t.metric, t.filter) == (task, metric, filt)]

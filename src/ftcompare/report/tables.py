@@ -43,7 +43,8 @@ def tidy_rows(evaluations) -> list[dict]:
 
 def score_rows(experiment: str, scores: tuple[Score, ...]) -> list[dict]:
     return [{"experiment": experiment, "task": s.task, "metric": s.metric, "filter": s.filter, "model": s.run.model,
-             "evaluated": s.run.label, "method": s.run.method, "variant": s.run.variant, "seed": s.run.seed, "n": s.n, "value": s.value,
+             "evaluated": s.run.label, "method": s.run.method, "variant": s.run.variant, "seed": s.run.seed,
+             "n": s.n, "value": s.value,
              "ci95_low": s.ci_low, "ci95_high": s.ci_high, "ci_method": s.ci_method, "lm_eval_stderr": s.stderr,
              "n_shot": s.n_shot, "task_version": s.version, "limit": s.limit} for s in scores]
 
