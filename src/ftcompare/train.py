@@ -325,7 +325,7 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
     from .modeling import precision
 
     precision_used = precision(model, run.train.bf16)
-    print(f"[train] {run.experiment}/{run.model.alias}/{run.method.name}: {trainable:,} trainable of {total:,} params "
+    print(f"[train] {run.experiment}/{run.label}: {trainable:,} trainable of {total:,} params "
           f"({100 * trainable / total:.2f}%), {len(train_ds)} train / {len(val_ds)} val examples, "
           f"{run.train.max_steps} steps" + (f", resuming from {Path(resume).name}" if resume else ""), flush=True)
 
