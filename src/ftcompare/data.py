@@ -296,13 +296,24 @@ def tokenize(examples: list[Example], tokenizer, cfg: DataConfig, max_length: in
 # --------------------------------------------------------------------------------------------------
 # Tokenization: as lm-eval's HFLM._encode_pair does it, so training and scoring see the same tokens
 # --------------------------------------------------------------------------------------------------
+def lm_eval_encode(tokenizer, text: str) -> list[int]:
+    """lm-eval 0.4.13's HFLM.tok_encode with its default add_bos_token=None: the tokenizer's own special tokens
+    (a BOS for Llama/TinyLlama tokenizers, nothing for SmolLM2's), unless the text already starts with the
+    prefix token (BOS, else EOS) as text."""
+    prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    starts_with_prefix = prefix_id is not None and text.startswith(tokenizer.decode(prefix_id))
+    return tokenizer.encode(text, **({"add_special_tokens": False} if starts_with_prefix else {}))
+
+
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's _encode_pair (causal models): trailing spaces of the context move to the continuation; the
+    whole text is encoded and split at the length of the encoded context, both encoded as lm_eval_encode."""
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces > 0:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
-    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    whole = lm_eval_encode(tokenizer, context + continuation)
+    ctx = lm_eval_encode(tokenizer, context)
     return ctx, whole[len(ctx):]
 
 

@@ -4,7 +4,7 @@ setup (data, model + method) -> transformers Trainer (loop, optimizer, schedule,
 accelerate/DDP) -> save -> summary. Outputs, at fixed paths under models/<experiment>/<model>/<method>/:
   config.json          resolved config + its hash (written first: a checkpoint from another config is discarded)
   checkpoints/         Trainer checkpoints every train.save_steps (the last train.save_total_limit kept)
-  train_log.jsonl      one line per logged step: loss, lr, grad_norm, tokens/s, peak memory
+  train_log.jsonl      one line per logged step: loss, lr, grad_norm, tokens/s, peak memory, a hash of its batch
   cost_log.jsonl       one line per optimizer step and checkpoint save, of every process of the run (cost.py)
   tensorboard/         train.report_to=tensorboard: the same steps as TensorBoard events (tracking.py)
   template_view.json   chat data: one training conversation as tokens, special or not, trained or not
@@ -82,6 +82,8 @@ def _step_logger(log_path: Path, session: dict, stop_at: int | None = None):
                 # positions the model computed since the last line, padding included (= the real tokens when
                 # train.padding_free)
                 "tokens_processed": session["counter"].take() if "counter" in session else None,
+                # the token ids and labels this step trained on, hashed: equal across methods (tests/test_confound.py)
+                "batch_sha256": session["digest"].take() if "digest" in session else None,
                 "peak_memory_mb": round(peak_memory_mb(), 1),
                 "elapsed_s": round(t - session["t0"], 2),
             }
@@ -132,7 +134,6 @@ def _training_args(run: RunConfig, out: Path, max_steps: int):
         seed=t.seed,
         data_seed=t.seed,
         bf16=t.bf16,
-        # QLoRA's checkpointing is enabled by peft's prepare_model_for_kbit_training (modeling.py)
         activation_checkpointing=t.gradient_checkpointing,  # every method alike (a speed setting, not a method)
         activation_checkpointing_kwargs={"use_reentrant": False},
         use_cpu=not torch.cuda.is_available(),
@@ -178,6 +179,30 @@ class _PositionCounter:
     def take(self) -> int | None:
         n, self.n = self.n, 0
         return n or None
+
+
+class _BatchDigest:
+    """sha256 of the input_ids and labels of every training batch the model computed since the last logged step
+    (a forward pre-hook, like _PositionCounter): what each step saw, comparable across methods and runs."""
+
+    def __init__(self, model):
+        import hashlib
+
+        self._new = hashlib.sha256
+        self.h = self._new()
+        model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        if not module.training:
+            return  # validation batches belong to no step
+        for key in ("input_ids", "labels"):
+            t = kwargs.get(key, args[0] if key == "input_ids" and args else None)
+            if t is not None:
+                self.h.update(key.encode() + t.detach().cpu().numpy().tobytes())
+
+    def take(self) -> str:
+        d, self.h = self.h.hexdigest()[:16], self._new()
+        return d
 
 
 def _last_checkpoint(out: Path, config_hash: str, target: int | None = None) -> str | None:
@@ -300,11 +325,11 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
     from .modeling import precision
 
     precision_used = precision(model, run.train.bf16)
-    print(f"[train] {run.experiment}/{run.model.alias}/{run.method.name}: {trainable:,} trainable of {total:,} params "
+    print(f"[train] {run.experiment}/{run.label}: {trainable:,} trainable of {total:,} params "
           f"({100 * trainable / total:.2f}%), {len(train_ds)} train / {len(val_ds)} val examples, "
           f"{run.train.max_steps} steps" + (f", resuming from {Path(resume).name}" if resume else ""), flush=True)
 
-    session = {"t0": time.time(), "tokens0": 0, "counter": _PositionCounter(model)}
+    session = {"t0": time.time(), "tokens0": 0, "counter": _PositionCounter(model), "digest": _BatchDigest(model)}
     val_tokens = cost_mod.ValTokenLoss(model)
     n_frozen, n_trainable = cost_mod.linear_weights(model)
     main = _is_main_process()
@@ -363,6 +388,7 @@ def train(run: RunConfig, max_steps: int | None = None, output_dir: Path | None 
                  "eval_peak_memory_mb": round(eval_peak, 1) if eval_peak is not None else None},
         "trainable_params": trainable,
         "precision": precision_used,  # parameter dtypes by kind, as trained (the precision policy)
+        "activation_checkpointing": bool(getattr(trainer.model, "is_activation_checkpointing", False)),
         "total_params": total,
         "trainable_percent": round(100 * trainable / total, 4),
         "train_loss_first": steps[0]["loss"] if steps else None,

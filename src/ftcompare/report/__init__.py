@@ -42,6 +42,7 @@ def run(experiment: str = DEFAULT_EXPERIMENT, allow_missing: bool = False, out=s
     from .figure_data import figure_data
     from .figures import write_figures
     from .record import macro, render_record
+    from .seeds import SEED_COLUMNS, SEED_TEST_COLUMNS, analyze_seeds, spread_rows, test_rows
     from .tables import (COMPARISON_COLUMNS, COST_COLUMNS, SCORE_COLUMNS, TIDY_COLUMNS, comparison_rows,
                          continuous_markdown, cost_markdown, cost_rows, peak_memory_kinds, pooled_bpb_markdown,
                          score_rows, task_markdown, tidy_rows)
@@ -81,6 +82,10 @@ def run(experiment: str = DEFAULT_EXPERIMENT, allow_missing: bool = False, out=s
         tables["chat_behaviour.csv"] = to_csv(list(an.chat_rows), CHAT_COLUMNS)
         tables["chat_behaviour.md"] = "\n\n".join(f"**model {m}**\n\n" + chat_markdown(inp, an.chat_rows, m)
                                                     for m in inp.models()) + "\n"
+    seeds = analyze_seeds(an)
+    if seeds is not None:   # a seeded experiment (train.seeds): spread across seeds, differences against it
+        tables["seed_variation.csv"] = to_csv(spread_rows(an.experiment, seeds), SEED_COLUMNS)
+        tables["seed_variation_tests.csv"] = to_csv(test_rows(an.experiment, seeds), SEED_TEST_COLUMNS)
     tables["training_cost.csv"] = to_csv(cost_rows(inp), COST_COLUMNS)
     tables["training_cost.md"] = f"{cost_markdown(inp)}\n\n{macro('peak_memory_note')(peak_memory_kinds(inp))}\n"
     tidy = to_csv(tidy_rows(inp.all_evaluations), TIDY_COLUMNS)
@@ -105,7 +110,7 @@ def run(experiment: str = DEFAULT_EXPERIMENT, allow_missing: bool = False, out=s
     if not readme.is_file() or readme.read_text() != RESULTS_README:
         atomic_write_text(readme, RESULTS_README)
     record = record_path(an.experiment)
-    atomic_write_text(record, render_record(an, allow_missing, figure_files))
+    atomic_write_text(record, render_record(an, allow_missing, figure_files, seeds))
     print(f"[analyze] {an.experiment}: {len(inp.evals)} evaluations, {len(inp.training)} training runs, "
           f"{len(an.comparisons)} paired comparisons ({sum(c.significant for c in an.comparisons)} significant "
           f"after Holm), {len(inp.missing)} missing -> {rel(record)}, {rel(tables_dir(an.experiment))}/, "

@@ -258,7 +258,7 @@ def template_view_paths(inp: Inputs) -> dict[str, Path]:
     out = {}
     for model in inp.models():
         if inp.exp.methods:
-            p = paths.run_dir(inp.experiment, model, inp.exp.methods[0]) / "template_view.json"
+            p = paths.run_dir(inp.experiment, model, inp.exp.methods[0], inp.seeds[0]) / "template_view.json"
             if p.is_file():
                 out[model] = p
     return out

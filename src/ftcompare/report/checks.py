@@ -30,7 +30,7 @@ class Inputs:
     exp: object                                   # config.ExperimentConfig
     cells: tuple[RunId, ...]                      # models x (base + methods x variants), in report order
     evals: Mapping[RunId, Evaluation]             # present cells only
-    training: Mapping[tuple[str, str], TrainingRun]   # (model, method) -> run
+    training: Mapping[tuple[str, str, int | None], TrainingRun]   # (model, method, seed or None) -> run
     tasks: tuple[str, ...]
     problems: tuple[Problem, ...]
     extra: tuple[Evaluation, ...]                 # this experiment's evaluations outside the grid
@@ -84,6 +84,15 @@ class Inputs:
 
     def method_cells(self, model: str) -> list[RunId]:
         return [c for c in self.cells if c.model == model and not c.is_base]
+
+    @property
+    def seeds(self) -> list[int | None]:
+        """The training seeds of a seeded experiment (train.seeds), else [None]: one run per (model, method)."""
+        return list(getattr(self.exp.train, "seeds", None) or [None])
+
+    def run_keys(self, model: str | None = None) -> list[tuple[str, str, int | None]]:
+        """(model, method, seed) of every expected training run, in report order."""
+        return [(m, x, s) for m in self.models() if model in (None, m) for x in self.exp.methods for s in self.seeds]
 
     def fatal(self, allow_missing: bool) -> list[Problem]:
         return [p for p in self.problems if not (allow_missing and p.kind == "missing" and self.evals)]
@@ -145,7 +154,7 @@ def check_evaluation(ev: Evaluation, problems: Problems, need_samples: bool) -> 
 
 
 def eval_path(experiment: str, run: RunId) -> Path:
-    return paths.eval_dir(experiment, run.model, run.method, run.variant or "merged") / "results.json"
+    return paths.eval_dir(experiment, run.model, run.method, run.variant or "merged", run.seed) / "results.json"
 
 
 def _check_location(ev: Evaluation, problems: Problems) -> None:
@@ -153,7 +162,8 @@ def _check_location(ev: Evaluation, problems: Problems) -> None:
     if want.resolve() != ev.path.resolve():
         problems.add("integrity", ev.path, "ftcompare",
                      f"says experiment={ev.experiment} model={ev.run.model} method={ev.run.method} "
-                     f"variant={ev.run.variant or '-'}, whose results belong at {rel(want)}: the file was copied or "
+                     f"variant={ev.run.variant or '-'}" + ("" if ev.run.seed is None else f" seed={ev.run.seed}")
+                     + f", whose results belong at {rel(want)}: the file was copied or "
                      "moved; re-evaluate")
 
 
@@ -182,10 +192,12 @@ def discover_evaluations(experiment: str, problems: Problems, warnings: Problems
 # The grid against the experiment config and against itself
 # ==================================================================================================
 def expected_cells(exp) -> list[RunId]:
-    """models x (base + methods x variants); the adapter variant only for methods that train an adapter."""
+    """models x (base + methods x variants [x seeds]); the adapter variant only for methods that train an adapter;
+    a seeded experiment (train.seeds) has one cell per seed of each method variant, the base model one."""
     from .. import config
 
     adapters = {m: config.load("methods", m).uses_adapter for m in exp.methods}
+    seeds = getattr(exp.train, "seeds", None) or [None]
     cells = []
     for model in exp.models:
         cells.append(RunId(model, "base"))
@@ -193,7 +205,7 @@ def expected_cells(exp) -> list[RunId]:
             for variant in exp.evaluation.variants:
                 if variant == "adapter" and not adapters[method]:
                     continue  # full fine-tuning has no adapter: its merged variant is its final weights
-                cells.append(RunId(model, method, variant))
+                cells += [RunId(model, method, variant, seed) for seed in seeds]
     return cells
 
 
@@ -286,14 +298,17 @@ def _check_same_items(tr: TaskResult, rtr: TaskResult, problems: Problems, field
 
 
 def _check_training_comparable(exp, training, problems: Problems) -> None:
-    """Runs of one model may differ only in the method (configs/methods/*.yaml keys)."""
+    """Runs of one model may differ only in the method (configs/methods/*.yaml keys) and, in a seeded experiment,
+    the seed (train.seed)."""
     from ..config import diff_keys
 
+    seeds = getattr(exp.train, "seeds", None) or [None]
     for model in exp.models:
-        runs = [(m, training[(model, m)]) for m in exp.methods if (model, m) in training]
+        runs = [(m, training[(model, m, s)]) for m in exp.methods for s in seeds if (model, m, s) in training]
         runs = [(m, r) for m, r in runs if r.config is not None]
         for (m0, r0), (m1, r1) in ((runs[0], r) for r in runs[1:]):
-            keys = [k for k in diff_keys(r0.config, r1.config) if not k.startswith("method.")]
+            keys = [k for k in diff_keys(r0.config, r1.config) if not k.startswith("method.")
+                    and not (seeds != [None] and k == "train.seed")]
             if keys:
                 problems.add("comparability", r1.path.parent / "config.json", ", ".join(keys[:6]),
                              f"differs from {rel(r0.path.parent / 'config.json')} ({m0}) in more than the method: "
@@ -307,7 +322,7 @@ def _check_training_comparable(exp, training, problems: Problems) -> None:
 
 def _check_eval_matches_training(cells, evals, training, problems: Problems) -> None:
     for cell in cells:
-        ev, run = evals.get(cell), training.get((cell.model, cell.method))
+        ev, run = evals.get(cell), training.get((cell.model, cell.method, cell.seed))
         if ev is None or run is None:
             continue
         for key in ("config_hash", "run_config_hash", "train_config_hash"):
@@ -352,9 +367,10 @@ def build_inputs(experiment: str) -> Inputs:
     training = {}
     for model in exp.models:
         for method in exp.methods:
-            run = load_training(exp.name, model, method, problems)
-            if run is not None:
-                training[(model, method)] = run
+            for seed in getattr(exp.train, "seeds", None) or [None]:
+                run = load_training(exp.name, model, method, problems, seed)
+                if run is not None:
+                    training[(model, method, seed)] = run
     _check_comparable(exp.name, exp, cells, evals, tasks, problems)
     _check_training_comparable(exp, training, problems)
     _check_eval_matches_training(cells, evals, training, problems)

@@ -51,7 +51,9 @@ def compute_comparisons(inp: Inputs, continuous: bool = False) -> tuple[Comparis
                 base = RunId(model, "base")
                 others = [c for c in inp.method_cells(model) if inp.task_result(c, task)]
                 pairs = [(base, c, "vs base") for c in others]
-                pairs += [(a, b, "method vs method") for i, a in enumerate(others) for b in others[i + 1:]]
+                # between methods: within one training seed (a seeded experiment's spread across seeds: seeds.py)
+                pairs += [(a, b, "method vs method") for i, a in enumerate(others) for b in others[i + 1:]
+                          if a.seed == b.seed]
                 for first, second, kind in pairs:
                     t1, t2 = inp.task_result(first, task), inp.task_result(second, task)
                     if t1 is None or t2 is None or not continuous and \

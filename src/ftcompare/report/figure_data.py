@@ -13,7 +13,7 @@ from .tables import peak_memory_kinds
 
 def figure_data(an: Analysis) -> FigureData:
     inp = an.inputs
-    bars = {c: Bar(c.model, c.method, c.variant, c.label) for c in inp.cells}
+    bars = {c: Bar(c.model, c.method, c.variant, c.label, c.seed) for c in inp.cells}
     tasks = []
     for task in inp.tasks:
         reported = inp.reported(task)
@@ -32,11 +32,11 @@ def figure_data(an: Analysis) -> FigureData:
                          f"p={fmt_p(c.paired.p_value)}  Holm {fmt_p(c.p_holm)}", c.paired.ci_method)
                    for c in an.comparisons if c.kind == "vs base")
     runs = {}
-    for (model, method), run in inp.training.items():
+    for (model, method, seed), run in inp.training.items():
         logged = [r for r in run.log if r.get("loss") is not None]
         s = run.summary
         c = s.get("cost") or {}  # training steps only (ftcompare.cost); runs trained before it: no point
-        runs[(model, method)] = TrainRun(model, method, c.get("peak_train_memory_mb"), c.get("train_s"),
+        runs[(model, method, seed)] = TrainRun(model, method, c.get("peak_train_memory_mb"), c.get("train_s"),
                                          (run.config or {}).get("method", {}).get("learning_rate"),
                                          tuple(r["step"] for r in logged), tuple(r["loss"] for r in logged),
                                          s.get("val_loss"))

@@ -44,6 +44,7 @@ class Bar:
     method: str               # "base" for the untuned model
     variant: str
     label: str                # how the report names it
+    seed: int | None = None   # training seed in a seeded experiment
 
     @property
     def is_base(self) -> bool:
@@ -112,7 +113,7 @@ class FigureData:
     bars: tuple[Bar, ...]                # every expected cell, grid order (base first per model)
     tasks: tuple[TaskScores, ...]        # tasks with something to report
     deltas: tuple[Delta, ...]
-    runs: Mapping[tuple[str, str], TrainRun]
+    runs: Mapping[tuple[str, str, int | None], TrainRun]   # (model, method, seed or None)
     peak_memory_kinds: tuple[str, ...]
     chat: object = None                  # chat_figures.ChatData, or None without generation tasks
 
@@ -296,7 +297,7 @@ def _cost_scatter(data: FigureData, key: str, xlabel: str, path: Path) -> Path:
                 h = ax.axhline(k * base.value, color=BASE_COLOR, ls="--", lw=1)
                 legend.setdefault("base (untuned model)", h)
             for cell in data.method_bars(model):
-                run = data.runs.get((model, cell.method))
+                run = data.runs.get((model, cell.method, cell.seed))
                 s = panel.scores.get(cell)
                 if run is None or s is None or getattr(run, key) is None:
                     continue
@@ -323,14 +324,14 @@ def _loss(data: FigureData, path: Path) -> Path:
 
     plt = _plt()
     colors = method_colors(data.methods)
-    models = [m for m in data.models if any(data.runs.get((m, x)) for x in data.methods)]
+    models = [m for m in data.models if any(k[0] == m for k in data.runs)]
     fig, axes = plt.subplots(1, len(models), figsize=(0.6 + 5 * len(models), 3.8), squeeze=False)
     legend: dict = {}
     has_val = False
     for ax, model in zip(axes[0], models):
-        for method in data.methods:
-            run = data.runs.get((model, method))
-            if run is None or not run.steps:
+        for (_, method, _), run in sorted(((k, r) for k, r in data.runs.items() if k[0] == model),
+                                          key=lambda kr: (data.methods.index(kr[0][1]), kr[0][2] or 0)):
+            if not run.steps:   # (one line per run: a seeded experiment draws each seed in its method's colour)
                 continue
             steps, loss, lr = list(run.steps), list(run.losses), run.learning_rate
             (h,) = ax.plot(steps, loss, color=colors.get(method), lw=1.4, marker="." if len(steps) < 40 else None)

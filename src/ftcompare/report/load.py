@@ -239,7 +239,12 @@ def load_evaluation(path: Path, problems: Problems) -> Evaluation | None:
         problems.add("integrity", path, "ftcompare.variant", f"{variant!r}: expected 'merged' or 'adapter' for a "
                      "fine-tuned model")
         return None
-    run = RunId(block["model"], method, "" if method == "base" else variant)
+    seed = block.get("run_seed")
+    if seed is not None and (method == "base" or not isinstance(seed, int) or isinstance(seed, bool)):
+        problems.add("integrity", path, "ftcompare.run_seed", f"{seed!r}: expected the integer training seed of a "
+                     "fine-tuned model of a seeded experiment (none for base)")
+        return None
+    run = RunId(block["model"], method, "" if method == "base" else variant, seed)
     results = raw.get("results")
     if not isinstance(results, dict):
         problems.add("integrity", path, "results", "missing or not a mapping")
@@ -349,12 +354,14 @@ def read_chat_samples(path: Path) -> dict[int, dict]:
     return out
 
 
-def load_training(experiment: str, model: str, method: str, problems: Problems) -> TrainingRun | None:
-    out = paths.run_dir(experiment, model, method)
+def load_training(experiment: str, model: str, method: str, problems: Problems,
+                  seed: int | None = None) -> TrainingRun | None:
+    out = paths.run_dir(experiment, model, method, seed)
     spath = out / "train_summary.json"
     if not spath.is_file():
-        problems.add("missing", spath, "-", f"no training run for model={model} method={method} "
-                     f"(run `make train` or `bash scripts/train.sh {model} {method}`)")
+        problems.add("missing", spath, "-", f"no training run for model={model} method={method}"
+                     + ("" if seed is None else f" seed={seed}") + " (run `make train` or `bash scripts/train.sh "
+                     f"{model} {method}" + ("" if seed is None else f" --seed {seed}") + "`)")
         return None
     try:
         summary = json.loads(spath.read_text())
@@ -374,6 +381,9 @@ def load_training(experiment: str, model: str, method: str, problems: Problems) 
             problems.add("integrity", cpath, "-", f"not valid JSON ({e})")
             cjson = {}
         cfg = cjson.get("config")
+        if seed is not None and (cfg or {}).get("train", {}).get("seed") != seed:
+            problems.add("integrity", cpath, "config.train.seed", f"{(cfg or {}).get('train', {}).get('seed')!r}, "
+                         f"but the run lies where seed {seed} belongs: it was copied or moved; re-train")
         if cjson.get("config_hash") != summary.get("config_hash"):
             problems.add("integrity", spath, "config_hash", f"{summary.get('config_hash')} != "
                          f"{cjson.get('config_hash')} in {rel(cpath)}: the run was interrupted or changed; re-train")

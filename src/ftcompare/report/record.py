@@ -150,7 +150,7 @@ def caveats(an: Analysis) -> dict:
     inp = an.inputs
     gguf_models = []
     for model in inp.models():
-        cfg = next(((r.config or {}).get("model") for (m, _), r in inp.training.items() if m == model and r.config),
+        cfg = next(((r.config or {}).get("model") for (m, *_), r in inp.training.items() if m == model and r.config),
                    None) or {}
         if cfg.get("source") == "packaged-gguf":
             gguf_models.append({"model": model, "what": cfg.get("description") or cfg.get("gguf_file")})
@@ -216,10 +216,10 @@ def precision_rows(an: Analysis) -> list[dict]:
     """Parameter dtypes by kind per method, as train_summary.json recorded them (runs trained before the
     precision policy was recorded have none)."""
     rows = []
-    for (model, method), run in sorted(an.inputs.training.items()):
+    for (model, method, seed), run in sorted(an.inputs.training.items(), key=lambda kv: run_order(an.inputs, kv[0])):
         p = run.summary.get("precision")
         if p:
-            rows.append({"model": model, "method": method,
+            rows.append({"model": model, "method": method if seed is None else f"{method} seed {seed}",
                          "kinds": "; ".join(f"{k} {v}" for k, v in p.items() if k != "compute"),
                          "compute": p.get("compute")})
     return rows
@@ -240,14 +240,27 @@ def searches(an: Analysis) -> list[dict]:
         if d.get("experiment") != an.experiment:
             continue
         d["readme"] = os.path.relpath(f.parent / "README.md", record_path(an.experiment).parent)
-        run = an.inputs.training.get((d.get("model"), d.get("method")))
+        run = an.inputs.training.get((d.get("model"), d.get("method"), None))
         d["applied"] = None if run is None or not run.config or not d.get("best") else all(
             _get(run.config, k) == v for k, v in d["best"]["overrides"].items())
         out.append(d)
     return out
 
 
-def render_record(an: Analysis, allow_missing: bool, figure_files: dict[str, Path]) -> str:
+def seed_context(an: Analysis, sa) -> dict:
+    """What the record says about training seeds: the one seed of a single-seed experiment, or the seed analysis."""
+    from .seeds import seed_markdown
+
+    train = an.inputs.exp.train
+    if sa is None:
+        return {"seeded": False, "seed": train.seed}
+    tests = [t for t in sa.tests if t.p_value == t.p_value]
+    return {"seeded": True, "seeds": list(sa.seeds), "n_tests": len(tests),
+            "n_exceed": sum(t.exceeds for t in tests),
+            "sections": [(task, seed_markdown(sa, task)) for task in an.inputs.tasks if an.inputs.reported(task)]}
+
+
+def render_record(an: Analysis, allow_missing: bool, figure_files: dict[str, Path], seed_analysis=None) -> str:
     inp = an.inputs
     record = record_path(an.experiment)
 
@@ -285,6 +298,6 @@ def render_record(an: Analysis, allow_missing: bool, figure_files: dict[str, Pat
         "n_task_results": sum(1 for c in inp.cells for t in inp.tasks if inp.task_result(c, t)),
         "n_runs": len(inp.training), "inputs_table": inputs_table(an),
         "bootstrap_iters": BOOTSTRAP_ITERS, "z95": Z95,
-        "precision": precision_rows(an), "searches": searches(an),
+        "precision": precision_rows(an), "searches": searches(an), "seeding": seed_context(an, seed_analysis),
     }
     return environment().get_template(TEMPLATE).render(**context)

@@ -9,9 +9,10 @@ from .display import fmt_float, fmt_int, fmt_p, md_table, metric_display, metric
 from .layout import rel
 from .load import Evaluation, RunId, TaskResult
 
-TIDY_COLUMNS = ["experiment", "model", "method", "variant", "task", "metric", "filter", "value", "stderr", "n",
+TIDY_COLUMNS = ["experiment", "model", "method", "variant", "seed", "task", "metric", "filter", "value", "stderr", "n",
                 "n_shot", "task_version", "limit", "batch_size", "higher_is_better", "lm_eval_version", "source"]
-SCORE_COLUMNS = ["experiment", "task", "metric", "filter", "model", "evaluated", "method", "variant", "n", "value",
+SCORE_COLUMNS = ["experiment", "task", "metric", "filter", "model", "evaluated", "method", "variant", "seed", "n",
+                 "value",
                  "ci95_low", "ci95_high", "ci_method", "lm_eval_stderr", "n_shot", "task_version", "limit"]
 COMPARISON_COLUMNS = ["experiment", "task", "metric", "filter", "model", "comparison", "first", "second", "n",
                       "first_value", "second_value", "delta", "ci95_low", "ci95_high", "ci_method",
@@ -20,7 +21,7 @@ COMPARISON_COLUMNS = ["experiment", "task", "metric", "filter", "model", "compar
 COST_FIELDS = ["processes", "steps", "train_s", "tokens", "tokens_processed", "samples", "tokens_per_second",
                "tokens_processed_per_second", "samples_per_second", "peak_train_memory_mb", "memory_kind", "saves",
                "save_s", "final_save_s", "eval_s", "flops_per_token", "matmul_peak_tflops", "mfu"]
-COST_COLUMNS = ["experiment", "model", "method", "max_steps", "examples_seen", "tokens_seen",
+COST_COLUMNS = ["experiment", "model", "method", "seed", "max_steps", "examples_seen", "tokens_seen",
                 *(f"cost_{k}" for k in COST_FIELDS), "trainable_params", "total_params", "trainable_percent",
                 "train_loss_last", "val_loss", "val_token_loss", "val_perplexity",
                 # older whole-process figures (loop incl. warm-up and saves; peak read after evaluation)
@@ -34,7 +35,7 @@ def tidy_rows(evaluations) -> list[dict]:
             for (metric, filt), value in tr.values.items():
                 rows.append({
                     "experiment": ev.experiment, "model": ev.run.model, "method": ev.run.method,
-                    "variant": ev.run.variant, "task": task, "metric": metric, "filter": filt, "value": value,
+                    "variant": ev.run.variant, "seed": ev.run.seed, "task": task, "metric": metric, "filter": filt, "value": value,
                     "stderr": tr.stderrs.get((metric, filt)), "n": tr.n, "n_shot": tr.n_shot,
                     "task_version": tr.version, "limit": tr.limit, "batch_size": tr.batch_size,
                     "higher_is_better": tr.higher_is_better.get(metric),
@@ -42,13 +43,14 @@ def tidy_rows(evaluations) -> list[dict]:
                     "source": rel(ev.path),
                 })
     rows.sort(key=lambda r: (r["experiment"], r["model"], r["method"] != "base", r["method"], r["variant"],
-                             r["task"], r["metric"], r["filter"]))
+                             -1 if r["seed"] is None else r["seed"], r["task"], r["metric"], r["filter"]))
     return rows
 
 
 def score_rows(experiment: str, scores: tuple[Score, ...]) -> list[dict]:
     return [{"experiment": experiment, "task": s.task, "metric": s.metric, "filter": s.filter, "model": s.run.model,
-             "evaluated": s.run.label, "method": s.run.method, "variant": s.run.variant, "n": s.n, "value": s.value,
+             "evaluated": s.run.label, "method": s.run.method, "variant": s.run.variant, "seed": s.run.seed,
+             "n": s.n, "value": s.value,
              "ci95_low": s.ci_low, "ci95_high": s.ci_high, "ci_method": s.ci_method, "lm_eval_stderr": s.stderr,
              "n_shot": s.n_shot, "task_version": s.version, "limit": s.limit} for s in scores]
 
@@ -206,14 +208,13 @@ def pooled_bpb_markdown(inp: Inputs, task: str) -> str:
 
 def cost_rows(inp: Inputs) -> list[dict]:
     rows = []
-    for model in inp.models():
-        for method in inp.exp.methods:
-            run = inp.training.get((model, method))
-            if run is not None:
-                cost = run.summary.get("cost") or {}
-                rows.append({**{k: run.summary.get(k) for k in COST_COLUMNS},
-                             **{f"cost_{k}": cost.get(k) for k in COST_FIELDS}, "experiment": inp.experiment,
-                             "model": model, "method": method, "source": rel(run.path)})
+    for model, method, seed in inp.run_keys():
+        run = inp.training.get((model, method, seed))
+        if run is not None:
+            cost = run.summary.get("cost") or {}
+            rows.append({**{k: run.summary.get(k) for k in COST_COLUMNS},
+                         **{f"cost_{k}": cost.get(k) for k in COST_FIELDS}, "experiment": inp.experiment,
+                         "model": model, "method": method, "seed": seed, "source": rel(run.path)})
     return rows
 
 
@@ -235,23 +236,23 @@ def cost_markdown(inp: Inputs) -> str:
     """The training cost table, from train_summary.json's "cost" block, with its formulas below it. Runs trained
     before that block existed show their steps and losses and empty cost cells, named under the table."""
     rows, older = [], []
-    for model in inp.models():
-        for method in inp.exp.methods:
-            run = inp.training.get((model, method))
-            if run is None:
-                rows.append([model, method] + ["missing"] + [""] * 13)
-                continue
-            s, c = run.summary, run.summary.get("cost") or {}
-            if not c:
-                older.append(f"{model}/{method}")
-            mfu = c.get("mfu")
-            rows.append([model, method, s.get("max_steps"), c.get("processes", ""), fmt_int(c.get("tokens")),
-                         fmt_float(c.get("train_s"), 1), fmt_float(c.get("tokens_per_second"), 1),
-                         fmt_float(c.get("tokens_processed_per_second"), 1), fmt_float(c.get("samples_per_second"), 2),
-                         fmt_float(c.get("peak_train_memory_mb"), 0),
-                         f"{fmt_float(c['save_s'] + c['final_save_s'], 2)} / {fmt_float(c['eval_s'], 2)}" if c else "",
-                         fmt_float(100 * mfu, 2) if mfu is not None else "", fmt_int(s.get("trainable_params")),
-                         fmt_float(s.get("val_loss"), 3), fmt_float(s.get("val_perplexity"), 2)])
+    for model, method, seed in inp.run_keys():
+        run = inp.training.get((model, method, seed))
+        name = method if seed is None else f"{method} seed {seed}"
+        if run is None:
+            rows.append([model, name] + ["missing"] + [""] * 13)
+            continue
+        s, c = run.summary, run.summary.get("cost") or {}
+        if not c:
+            older.append(f"{model}/{name}")
+        mfu = c.get("mfu")
+        rows.append([model, name, s.get("max_steps"), c.get("processes", ""), fmt_int(c.get("tokens")),
+                     fmt_float(c.get("train_s"), 1), fmt_float(c.get("tokens_per_second"), 1),
+                     fmt_float(c.get("tokens_processed_per_second"), 1), fmt_float(c.get("samples_per_second"), 2),
+                     fmt_float(c.get("peak_train_memory_mb"), 0),
+                     f"{fmt_float(c['save_s'] + c['final_save_s'], 2)} / {fmt_float(c['eval_s'], 2)}" if c else "",
+                     fmt_float(100 * mfu, 2) if mfu is not None else "", fmt_int(s.get("trainable_params")),
+                     fmt_float(s.get("val_loss"), 3), fmt_float(s.get("val_perplexity"), 2)])
     table = md_table(["model", "method", "steps", "processes", "tokens", "train s", "tokens/s", "computed tok/s",
                       "samples/s", "peak train memory MB", "save s / eval s", "MFU %", "trainable params",
                       "val loss", "val ppl"], rows, "llrrrrrrrrrrrrr")
@@ -284,17 +285,17 @@ def manifest_cells(m: dict, keys) -> list[str]:
     return [sha, ", ".join(parts)] + [str(v.get(k) or "") for k in keys]
 
 
-def run_order(inp: Inputs, key: tuple[str, str]):
-    model, method = key
+def run_order(inp: Inputs, key: tuple[str, str, int | None]):
+    model, method, seed = key
     return (inp.exp.models.index(model) if model in inp.exp.models else 99,
-            inp.exp.methods.index(method) if method in inp.exp.methods else 99)
+            inp.exp.methods.index(method) if method in inp.exp.methods else 99, -1 if seed is None else seed)
 
 
 def provenance_table(inp: Inputs) -> str:
     keys = ("torch", "transformers", "peft", "bitsandbytes", "lm_eval")
     rows = []
-    for (model, method), run in sorted(inp.training.items(), key=lambda kv: run_order(inp, kv[0])):
-        rows.append([f"train {model}/{method}", *manifest_cells(run.summary.get("manifest") or {}, keys)])
+    for (model, method, seed), run in sorted(inp.training.items(), key=lambda kv: run_order(inp, kv[0])):
+        rows.append([f"train {model}/{method}" + ("" if seed is None else f" seed {seed}"), *manifest_cells(run.summary.get("manifest") or {}, keys)])
     for cell in inp.cells:
         ev: Evaluation | None = inp.evals.get(cell)
         if ev is not None:
@@ -306,7 +307,7 @@ def methods_table(inp: Inputs) -> str:
     rows = []
     for model in inp.models():
         for method in inp.exp.methods:
-            run = inp.training.get((model, method))
+            run = inp.training.get((model, method, inp.seeds[0]))   # (the method keys are the same for every seed)
             m = (run.config or {}).get("method", {}) if run else {}
             lora = m.get("lora") or {}
             q = m.get("quantization") or {}
