@@ -280,6 +280,8 @@ def load_evaluation(path: Path, problems: Problems) -> Evaluation | None:
 def load_samples(path: Path, problems: Problems, config: Mapping | None = None) -> SampleSet | None:
     """One task's samples; with the task's results config of a multiple_choice task, every item's outcomes are
     re-derived from its per-choice log-likelihoods (report.mc) and a stored one that disagrees is a problem."""
+    from .mc import rederive
+
     config = config or {}
     mc = config.get("output_type") == "multiple_choice"
     delimiter = config.get("target_delimiter", " ")
@@ -310,7 +312,9 @@ def load_samples(path: Path, problems: Problems, config: Mapping | None = None) 
                                  f"doc_id {doc_id} appears twice for filter '{filt}'")
                     return None
                 args = s.get("arguments")
-                derived = _derive(s, delimiter, path, doc_id, problems) if mc else {}
+                derived, bad = rederive(s, delimiter) if mc else ({}, [])
+                for suffix, message in bad:
+                    problems.add("integrity", path, f"doc_id {doc_id}{suffix}", message)
                 # arguments: one entry per request (a list in memory, {gen_args_i: ...} as lm-eval writes it)
                 target[doc_id] = Item(values, s.get("doc_hash"), s.get("target_hash"), s.get("prompt_hash"),
                                       len(args) if isinstance(args, (list, dict)) else None,
@@ -319,24 +323,6 @@ def load_samples(path: Path, problems: Problems, config: Mapping | None = None) 
         problems.add("integrity", path, "-", f"not readable ({e.__class__.__name__})")
         return None
     return SampleSet(path, by_filter)
-
-
-def _derive(sample: dict, delimiter: str, path: Path, doc_id: int, problems: Problems) -> dict[str, float]:
-    """The re-derived outcomes of one multiple-choice sample; each stored one that disagrees is a problem."""
-    from .mc import SampleError, derive, disagreements
-
-    if isinstance(sample.get("target"), list):
-        return {}  # several gold choices: no single gold probability (none of the project's tasks)
-    try:
-        derived = derive(sample, delimiter)
-    except SampleError as e:
-        problems.add("integrity", path, f"doc_id {doc_id}", f"{e}: the outcomes cannot be re-derived")
-        return {}
-    for fld, stored, want in disagreements(sample, derived):
-        problems.add("integrity", path, f"doc_id {doc_id}.{fld}",
-                     f"stored {stored:g}, but the per-choice log-likelihoods and choice lengths give {want:g}: "
-                     "the sample was edited or not written by lm-eval's multiple_choice scoring")
-    return derived
 
 
 def read_chat_samples(path: Path) -> dict[int, dict]:

@@ -117,3 +117,16 @@ def disagreements(sample: dict, derived: dict[str, float]) -> list[tuple[str, fl
             if stored != derived[m]:
                 out.append((m, stored, derived[m]))
     return out
+
+
+def rederive(sample: dict, target_delimiter: str = " ") -> tuple[dict[str, float], list[tuple[str, str]]]:
+    """(the re-derived outcomes, problems): each problem is (".field" or "", message) for report.load."""
+    if isinstance(sample.get("target"), list):
+        return {}, []  # several gold choices: no single gold probability (none of the project's tasks)
+    try:
+        derived = derive(sample, target_delimiter)
+    except SampleError as e:
+        return {}, [("", f"{e}: the outcomes cannot be re-derived")]
+    return derived, [(f".{fld}", f"stored {stored:g}, but the per-choice log-likelihoods and choice lengths give "
+                      f"{want:g}: the sample was edited or not written by lm-eval's multiple_choice scoring")
+                     for fld, stored, want in disagreements(sample, derived)]
