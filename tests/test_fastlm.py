@@ -58,6 +58,35 @@ def test_loglikelihood_matches_stock(lms):
     assert len({round(x[0], 3) for x in a}) > len(reqs) // 2  # not a degenerate constant
 
 
+def test_shared_prefix_loglikelihood_matches_stock(lms, monkeypatch):
+    """Contexts that start with the same long token prefix (few-shot examples, as GSM8K's 8-shot prompt) are
+    scored on top of one prefill of that prefix: the same numbers as stock, which prefills every row in full."""
+    from lm_eval.models.huggingface import HFLM
+
+    from ftcompare import fastlm
+
+    _, _, model, tok = lms
+    stock = HFLM(pretrained=model, tokenizer=tok, batch_size=4, max_length=256)
+    fast = fastlm.FtcHF(pretrained=model, tokenizer=tok, batch_size=4, max_length=256, max_group_tokens=512)
+    shared_lengths = []
+    real = fastlm._common_prefix
+    monkeypatch.setattr(fastlm, "_common_prefix", lambda seqs: shared_lengths.append(real(seqs)) or real(seqs))
+    rng = random.Random(1)
+    vocab = len(tok)
+    prefix = [rng.randrange(3, vocab) for _ in range(fastlm.MIN_SHARED_PREFIX + 36)]
+    reqs = []
+    for c in range(9):
+        ctx = prefix + [rng.randrange(3, vocab) for _ in range(rng.choice([1, 4, 11, 30]))]
+        for k in range(3):
+            cont = [rng.randrange(3, vocab) for _ in range(rng.choice([1, 3, 9]))]
+            reqs.append(((f"c{c}", f"k{k}"), ctx, cont))
+    a = stock._loglikelihood_tokens(reqs, disable_tqdm=True)
+    b = fast._loglikelihood_tokens(reqs, disable_tqdm=True)
+    assert max(shared_lengths) >= len(prefix)  # the shared-prefix path ran
+    assert max(abs(x[0] - y[0]) for x, y in zip(a, b)) < 1e-4
+    assert [x[1] for x in a] == [y[1] for y in b]
+
+
 def test_generation_matches_stock(lms):
     from lm_eval.api.instance import Instance
 

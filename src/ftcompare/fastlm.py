@@ -8,7 +8,8 @@ prompt in full, although all GSM8K CoT prompts start with the same 8 worked exam
 This subclass changes only *how* the numbers are computed, not *which* numbers:
 
 - loglikelihood: requests are grouped by their (left-truncated, as stock) context. A batch of contexts is
-  prefilled once (right-padded, explicit position ids), keeping the vocabulary logits of each context's last
+  prefilled once (right-padded, explicit position ids; a token prefix all of them share, such as GSM8K's 8
+  worked examples, prefilled once for the batch), keeping the vocabulary logits of each context's last
   position only; then every continuation of every context in the batch runs as one row on top of its
   context's KV cache (the cache rows repeated per continuation, the context's padding masked out).
   Continuations of one token (MMLU's " A".." D") need no second pass at all.
@@ -86,11 +87,22 @@ class FtcHF(HFLM):
             mask[r, : len(c)] = 1
         pos = torch.arange(width, device=dev).expand(len(ctxs), -1)
         need_cache = any(len(conts[i]) > 1 for m in members for i in m)
+        # a token prefix every context of the batch shares (few-shot examples) is prefilled once, its KV cache
+        # repeated per context; each context's own tokens follow on top of it
+        shared = _common_prefix(ctxs) if len(ctxs) > 1 else 0
+        shared = shared if shared >= MIN_SHARED_PREFIX else 0
+        kw = {}
+        if shared:
+            pre = self.model(input_ids=ids[:1, :shared], position_ids=pos[:1, :shared], use_cache=True)
+            cache = pre.past_key_values
+            cache.batch_repeat_interleave(len(ctxs))
+            kw = {"past_key_values": cache}
+            need_cache = True
         # vocabulary logits only at each context's last position (a handful of distinct indices)
-        last = torch.tensor([n - 1 for n in lens], device=dev)
+        last = torch.tensor([n - 1 - shared for n in lens], device=dev)
         keep = torch.unique(last)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=need_cache,
-                         logits_to_keep=keep)
+        out = self.model(input_ids=ids[:, shared:], attention_mask=mask, position_ids=pos[:, shared:],
+                         use_cache=need_cache, logits_to_keep=keep, **kw)
         col = torch.searchsorted(keep, last)
         first_lp = F.log_softmax(out.logits[torch.arange(len(ctxs), device=dev), col], dim=-1,
                                  dtype=self.softmax_dtype)  # [contexts, vocab]: log p(cont[0] | ctx)
@@ -171,13 +183,7 @@ class FtcHF(HFLM):
         generation_kwargs.pop("temperature", None)
         generation_kwargs["do_sample"] = False
         rows = [context[b][attn[b].bool()].tolist() for b in range(context.shape[0])]
-        # common token prefix of every prompt, leaving at least one own token per row
-        prefix = min(len(r) for r in rows) - 1
-        for r in rows[1:]:
-            k = 0
-            while k < prefix and r[k] == rows[0][k]:
-                k += 1
-            prefix = k
+        prefix = _common_prefix(rows)  # the few-shot examples every prompt starts with
         width = context.shape[1]
         new_tokens = max_length - width
         dev = self.device
@@ -207,6 +213,21 @@ class FtcHF(HFLM):
         # lm-eval slices the output at the width of its own (left-padded) context
         head = torch.full((B, width), pad, dtype=torch.long, device=dev)
         return torch.cat([head, gen], dim=1)
+
+
+MIN_SHARED_PREFIX = 64   # tokens: a shorter common prefix of a batch's contexts is not worth a separate forward
+
+
+def _common_prefix(seqs) -> int:
+    """Length of the token prefix every sequence shares, leaving each at least one token of its own."""
+    n = min(len(q) for q in seqs) - 1
+    first = seqs[0]
+    for q in seqs[1:]:
+        k = 0
+        while k < n and q[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
 
 
 def _select_rows(cache, idx: torch.Tensor):
