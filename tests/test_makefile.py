@@ -117,3 +117,18 @@ def test_a_bad_config_stops_make_with_one_line(tree):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "error: " in r.stderr and "did you mean 'max_steps'" in r.stderr
     assert "train.sh" not in r.stdout
+
+
+def test_a_re_trained_run_is_merged_and_re_evaluated(tree):
+    """A newer train_summary.json (the run was re-trained) re-runs that method's merge and evaluation and the
+    report, nothing else."""
+    (tree / "models/default/135m/qlora/train_summary.json").touch()
+    assert make_n(tree, "pipeline") == sorted([
+        "bash scripts/merge.sh 135m qlora", "bash scripts/evaluate_models.sh 135m qlora merged",
+        ".venv/bin/python analyze_results.py --experiment default"])
+
+
+def test_a_re_merged_model_is_re_evaluated(tree):
+    (tree / "models/default/135m/lora/merged/merge_manifest.json").touch()
+    assert make_n(tree, "pipeline") == sorted([
+        "bash scripts/evaluate_models.sh 135m lora merged", ".venv/bin/python analyze_results.py --experiment default"])
