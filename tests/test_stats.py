@@ -310,3 +310,84 @@ def test_errors_and_small_cases():
     assert stats.is_binary([0, 1, 1.0]) and not stats.is_binary([0, 0.5])
     lo, hi, how = stats.proportion_ci([0.4])                       # one non-binary item: no stderr
     assert how == "normal" and math.isnan(lo) and math.isnan(hi)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pinned numbers and every branch (what mutation testing found unchecked)
+# --------------------------------------------------------------------------------------------------
+X12 = [0.41, 0.12, 0.77, 0.35, 0.58, 0.23, 0.66, 0.49, 0.05, 0.91, 0.30, 0.62]
+Y12 = [0.52, 0.10, 0.95, 0.47, 0.61, 0.40, 0.70, 0.44, 0.21, 0.99, 0.38, 0.60]
+
+
+def test_seeded_numbers_are_pinned_bit_for_bit():
+    """SEED makes the bootstrap and permutation numbers reproducible: pinned, so a change of the resampling
+    (chunking, seed, draws) shows up."""
+    assert stats.paired_bootstrap_ci(X12, Y12, iters=2500) == (0.03166666666666667, 0.1158333333333333)
+    assert stats.paired_permutation_p(X12, Y12, iters=2500) == 0.009596161535385846
+    r = stats.compare_paired(X12, Y12)
+    assert (r.n, r.test, r.ci_method, r.n_first_only, r.n_second_only) == (12, "paired permutation",
+                                                                             "paired bootstrap", None, None)
+    assert (r.first, r.second, r.delta) == pytest.approx((0.4575, 0.5308333333333334, 0.07333333333333336))
+    assert (r.ci_low, r.ci_high, r.p_value) == (0.030833333333333324, 0.1158333333333333, 0.0124987501249875)
+    r90 = stats.compare_paired(X12, Y12, confidence=0.90)
+    assert r90.ci_low > r.ci_low and r90.ci_high < r.ci_high
+
+
+def test_compare_paired_binary_fields_equal_the_parts():
+    first = [1, 1, 1, 0, 0, 1, 0, 1, 1, 0, 0, 0, 1, 1]
+    second = [1, 1, 0, 1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 0]
+    a, b, c, d = 5, 3, 4, 2          # counted by hand: both, first only, second only, neither
+    r = stats.compare_paired(first, second)
+    assert (r.ci_low, r.ci_high) == stats.newcombe_paired_ci(a, b, c, d)
+    assert (r.n_first_only, r.n_second_only, r.p_value) == (b, c, stats.mcnemar_exact(b, c))
+    r90 = stats.compare_paired(first, second, confidence=0.90)
+    assert (r90.ci_low, r90.ci_high) == stats.newcombe_paired_ci(a, b, c, d, confidence=0.90)
+    mixed = stats.compare_paired([1, 0, 1, 0], [0.5, 0.25, 1, 0])   # one side not 0/1: not McNemar
+    assert mixed.test == "paired permutation"
+
+
+@pytest.mark.parametrize("a, b, c, d", [(0, 1, 1, 0), (6, 2, 2, 6), (4, 2, 3, 3), (3, 4, 5, 7)])
+def test_newcombe_branch_boundaries(a, b, c, d):
+    """phi by Newcombe's rule at the edges of its branches: margins of 1, ad - bc = 2n, n/3 < ad - bc = n/2;
+    also at another confidence."""
+    n = a + b + c + d
+    cross = a * d - b * c
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    phi = (cross - n / 2) / math.sqrt(margins) if cross > n / 2 else (cross / math.sqrt(margins) if cross < 0 else 0.0)
+    for conf, z in ((0.95, stats.Z95), (0.90, 1.6448536269514722)):
+        p1, p2 = (a + b) / n, (a + c) / n
+        l1, u1 = _wilson_by_quadratic(a + b, n, z)
+        l2, u2 = _wilson_by_quadratic(a + c, n, z)
+        lo = (p2 - p1) - math.sqrt((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2)
+        hi = (p2 - p1) + math.sqrt((u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2)
+        assert stats.newcombe_paired_ci(a, b, c, d, confidence=conf) == pytest.approx((lo, hi), abs=1e-9)
+
+
+def test_small_n_and_other_confidences():
+    assert stats.wilson_ci(1, 1) == (pytest.approx(1 / (1 + stats.Z95 ** 2)), 1.0)
+    assert stats.wilson_ci(0, 20)[0] == 0.0 and stats.wilson_ci(20, 20)[1] == 1.0
+    assert stats.newcombe_paired_ci(0, 0, 1, 0)[1] == 1.0                 # n = 1 is a valid table
+    lo, hi, how = stats.proportion_ci([1, 0, 0, 1, 1], confidence=0.90)
+    assert how == "Wilson" and (lo, hi) == stats.wilson_ci(3, 5, confidence=0.90)
+    lo, hi, _ = stats.proportion_ci([0.2, 0.6])                          # two items: a stderr exists
+    assert (lo, hi) == pytest.approx((0.4 - stats.Z95 * 0.2, 0.4 + stats.Z95 * 0.2))
+    assert stats.z_value() == stats.Z95
+    assert stats.holm([0.6, 0.7]) == [1.0, 1.0]                           # 2 x 0.6 capped at 1
+    assert stats.holm([0.3, 0.02]) == pytest.approx([0.3, 0.04])
+    assert stats.mcnemar_exact(4, 4) == 1.0 and stats.mcnemar_exact(1, 6) == pytest.approx(2 * 8 / 2 ** 7)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: stats.wilson_ci(1, 0), "wilson_ci needs n > 0"),
+    (lambda: stats.wilson_ci(5, 4), r"wilson_ci: k=5 is not in \[0, n=4\]"),
+    (lambda: stats.mcnemar_exact(-1, 2), "discordant counts must be >= 0"),
+    (lambda: stats.mcnemar_exact(2, -1), "discordant counts must be >= 0"),
+    (lambda: stats.newcombe_paired_ci(0, 0, 0, 0), "newcombe_paired_ci needs n > 0"),
+    (lambda: stats.paired_bootstrap_ci([], []), "paired_bootstrap_ci needs at least one pair"),
+    (lambda: stats.compare_paired([1, 0], [1]), r"paired comparison needs equal lengths \(2 != 1\)"),
+    (lambda: stats.compare_paired([], []), "paired comparison needs at least one item"),
+    (lambda: stats.proportion_ci([]), "no items"),
+])
+def test_error_messages(call, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        call()
