@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"error: unknown module(s) {', '.join(unknown)}; valid: {', '.join(MODULES)}", file=sys.stderr)
         return 2
-    keep = ROOT / "results" / "mutation"
+    keep = ROOT / "bench" / "out" / "mutation"   # gitignored: a run artifact
     rows = []
     for name in names:
         c = run_module(name, keep)
