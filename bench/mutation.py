@@ -43,13 +43,18 @@ def _pyproject(target: str, tests: list[str]) -> str:
             "markers = [\"slow: end-to-end tests on the embedded 135m model (minutes)\"]\n")
 
 
+# a mutant the tests caught (a timeout is an endless loop the tests ran into); one they did not (no test even
+# ran the mutated function counts as not caught); one mutmut did not get to (skipped, interrupted)
+CAUGHT, MISSED = ("killed", "timeout", "segfault"), ("survived", "no tests", "suspicious")
+
+
 def _count(statuses: dict[str, str], only=None) -> dict[str, int]:
     out = {"killed": 0, "survived": 0, "other": 0}
     for name, status in statuses.items():
         func = name.split(".")[-1].split("__mutmut_")[0].removeprefix("x_").removeprefix("xǁ")
         if only and func not in only:
             continue
-        out[status if status in ("killed", "survived") else "other"] += 1
+        out["killed" if status in CAUGHT else "survived" if status in MISSED else "other"] += 1
     return out
 
 
@@ -79,7 +84,7 @@ def run_module(name: str, keep: Path | None) -> dict:
             mutant, status = line.strip().rsplit(":", 1)
             statuses[mutant.strip()] = status.strip()
     counts = _count(statuses, DATA_FUNCTIONS if name == "data" else None)
-    survivors = sorted(m for m, s in statuses.items() if s == "survived")
+    survivors = sorted(f"{m}: {s}" for m, s in statuses.items() if s in MISSED)
     if keep:
         keep.mkdir(parents=True, exist_ok=True)
         (keep / f"{name}-survivors.txt").write_text("".join(m + "\n" for m in survivors))
@@ -106,7 +111,7 @@ def main(argv: list[str]) -> int:
         rows.append(f"| {MODULES[name][0]} | {c['killed']} | {c['survived']} | {c['other']} | {share} |")
         print(f"[mutation] {name}: killed {c['killed']}, survived {c['survived']}, other {c['other']} ({share} killed)",
               flush=True)
-    print("\n| module | killed | survived | other (timeout, no tests, ...) | killed share |\n|---|---|---|---|---|")
+    print("\n| module | killed | survived (incl. no test ran it) | not run | killed share |\n|---|---|---|---|---|")
     print("\n".join(rows))
     print(f"survivors listed in {keep.relative_to(ROOT)}/<module>-survivors.txt")
     return 1 if failed else 0
