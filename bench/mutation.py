@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # module -> (file, the tests that exercise it)
 MODULES = {
     "stats": ("src/ftcompare/stats.py", ["tests/test_stats.py"]),
-    "config": ("src/ftcompare/config.py", ["tests/test_configs.py", "tests/test_resolve.py"]),
+    "config": ("src/ftcompare/config.py", ["tests/test_configs.py", "tests/test_config_validation.py",
+                                          "tests/test_resolve.py"]),
     "checks": ("src/ftcompare/report/checks.py", ["tests/test_analyze.py", "tests/test_analyze_refusals.py"]),
     "data": ("src/ftcompare/data.py", ["tests/test_data.py", "tests/test_split_groups.py"]),
 }
