@@ -25,7 +25,8 @@ MODULES = {
     "config": ("src/ftcompare/config.py", ["tests/test_configs.py", "tests/test_config_validation.py",
                                           "tests/test_resolve.py"]),
     "checks": ("src/ftcompare/report/checks.py", ["tests/test_analyze.py", "tests/test_analyze_refusals.py"]),
-    "data": ("src/ftcompare/data.py", ["tests/test_data.py", "tests/test_split_groups.py"]),
+    "data": ("src/ftcompare/data.py", ["tests/test_data.py", "tests/test_split_groups.py", "tests/test_tokenize_units.py",
+                                      "tests/test_chat.py::test_packaged_chitchat_is_split_by_conversation"]),
 }
 # data.py: only its split and tokenization count (the loaders of hub/chat data are other tests' business)
 DATA_FUNCTIONS = ("_h", "_split_of", "hellaswag_groups", "packaged_hellaswag_rows", "chat_split", "tokenize",
