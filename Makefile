@@ -52,7 +52,7 @@ RECORD  := $(if $(filter default,$(EXPERIMENT)),models_evaluation_record.md,resu
 TASK_FILES := $(wildcard lm-evaluation-harness/tasks/*/*.yaml lm-evaluation-harness/tasks/*/*.py)
 
 .PHONY: help setup all pipeline train merge evaluate report search export demo screenshots node-deps test test-fast \
-        bench clean-experiment
+        bench mutation clean-experiment
 
 help: ## show this help
 	@echo "ftcompare: make TARGET [EXPERIMENT=$(EXPERIMENT)] [MODELS=...] [METHODS=...] [TRAIN_ARGS=...]"
@@ -201,6 +201,11 @@ ARCH   ?=
 bench: setup ## training tokens/s, samples/s, MFU, memory per method; evaluation: stock lm_eval CLI vs ftcompare
 	$(PY) bench/bench.py --device $(DEVICE) $(if $(ARCH),--arch $(ARCH))
 	$(if $(ARCH),,$(PY) bench/eval_bench.py --experiment $(EXPERIMENT) $(if $(BENCH_VARIANTS),--variants $(BENCH_VARIANTS)))
+
+MUTATION_MODULES ?=
+mutation: $(SETUP) ## mutation testing (mutmut) of stats, config, the analyzer's checks, data's split; long, not in make test
+	.venv/bin/pip install -q -c constraints.txt -r requirements-mutation.txt
+	OMP_NUM_THREADS=1 nice -n 15 $(PY) bench/mutation.py $(MUTATION_MODULES)
 
 clean-experiment: ## delete the trained models and evaluations of $(EXPERIMENT) (keeps base models)
 	rm -rf models/$(EXPERIMENT) evaluation_results/$(EXPERIMENT)

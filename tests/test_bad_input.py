@@ -159,20 +159,44 @@ def test_disk_full_keeps_the_previous_file(proj, capsys, monkeypatch):
 
 
 def test_disk_full_during_a_stage_is_one_line(proj, capsys, monkeypatch):
+    """A full disk while train writes (the mock raises as the kernel does: errno only, no file name): one line
+    with the advice, exit 2, no temp file left, and no train_summary.json (make re-runs the stage)."""
     def full(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device", "models/x/config.json")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(io.os, "fsync", full)
     code, err = run(capsys, "train", "--model", "tiny", "--method", "lora", *TINY)
-    assert code == 2 and "no space left on device while writing models/x/config.json" in one_line(err)
+    line = one_line(err)
+    assert code == 2 and line.startswith("error: no space left on device while writing an output; free disk space")
+    assert "partial ones were removed" in line
+    written = [p for p in (proj / "models").rglob("*") if p.name != "base" and "base" not in p.parts]
+    assert not [p for p in written if p.name.endswith(".tmp")], written
+    assert not [p for p in written if p.name == "train_summary.json"], written
 
 
 def test_no_secret_in_any_written_file(proj, capsys, monkeypatch):
     secret = "hf_ftcompareTestToken0123456789abcdef"
     monkeypatch.setenv("HF_TOKEN", secret)
     monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", secret)
-    assert run(capsys, "train", "--model", "tiny", "--method", "qlora", *TINY)[0] == 0
-    assert run(capsys, "merge", "--model", "tiny", "--method", "qlora")[0] == 0
-    for f in (proj / "models").rglob("*"):
-        if f.is_file() and f.stat().st_size < 50_000_000:
-            assert secret.encode() not in f.read_bytes(), f"token leaked into {f}"
+    exp = proj / "configs" / "experiments"    # an experiment of the tiny model, so that analyze writes a record
+    text = (exp / "default.yaml").read_text().replace("models: [135m]", "models: [tiny]")
+    (exp / "leak.yaml").write_text(text.replace("name: default", "name: leak").replace(
+        "methods: [full, lora, qlora]", "methods: [qlora]").replace(
+        "limit: {ftc_hellaswag: 200, ftc_gsm8k_cot: 20}",
+        "limit: {ftc_hellaswag: 2, ftc_mmlu_high_school_computer_science: 2, ftc_gsm8k_cot: 2}"))
+    e = ["--experiment", "leak"]
+    assert run(capsys, "train", *e, "--model", "tiny", "--method", "qlora", *TINY)[0] == 0
+    assert run(capsys, "merge", *e, "--model", "tiny", "--method", "qlora")[0] == 0
+    for method in ("base", "qlora"):
+        assert run(capsys, "evaluate", *e, "--model", "tiny", "--method", method)[0] == 0
+    code, err = run(capsys, "analyze", *e, "--allow-missing")
+    assert code == 0, err
+    scanned = set()
+    for top in ("models", "evaluation_results", "results"):
+        for f in (proj / top).rglob("*"):
+            if f.is_file() and "base" not in f.relative_to(proj / top).parts[:1]:
+                scanned.add(top)
+                assert secret.encode() not in f.read_bytes(), f"token leaked into {f}"
+    record = proj / "results" / "leak" / "models_evaluation_record.md"   # the record (scanned above too)
+    assert scanned == {"models", "evaluation_results", "results"} and record.is_file()
+    assert secret.encode() not in record.read_bytes()

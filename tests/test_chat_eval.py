@@ -204,3 +204,31 @@ def test_chitchat_task_and_generation_through_evaluate(project, tiny_model_dir, 
     assert is_up_to_date(build_plan("chattest", "tiny", "base", tasks=["ftc_chitchat"], limit=4)) is False  # other tasks
     # a non-chat experiment's settings carry no chat keys (their hash is what it was)
     assert not {"chat", "generation", "chat_code_sha256"} & set(build_plan("default", "tiny", "base").settings())
+
+
+def test_batched_left_padded_generation_equals_one_prompt_at_a_time(tiny):
+    """Prompts of very different lengths, greedy: batches of 4 (left-padded) give the replies, stop flags and
+    token counts of one prompt at a time, and of a plain generate() on the unpadded prompt."""
+    import torch
+
+    model, tok = tiny
+    users = ["Hi", "How do I make a fire at the camp when the wood is wet and it keeps raining all day?",
+             "A man is sitting on a roof.", "Tell me", "What do you think of the new bread recipe with oats, honey "
+             "and a little salt, baked for forty minutes?", "ok"]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": u}], tokenize=False, add_generation_prompt=True)
+               for u in users]
+    lengths = {len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts}
+    assert max(lengths) - min(lengths) > 20                                 # real padding in every batch
+    kw = chat_eval.generate_kwargs({"do_sample": False}, 10)
+    batched = chat_eval.generate_replies(model, tok, prompts, kw, batch_size=4, seed=0)
+    single = chat_eval.generate_replies(model, tok, prompts, kw, batch_size=1, seed=0)
+    assert batched == single
+    assert sum(r["n_new_tokens"] for r in single) > len(prompts)             # not all empty replies
+    stop_ids = chat.stop_token_ids(tok)
+    for prompt, got in zip(prompts, batched):                                # an independent path: no padding
+        enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            ids = model.generate(**enc, max_new_tokens=10, do_sample=False, eos_token_id=stop_ids,
+                                 pad_token_id=tok.pad_token_id)[0, enc["input_ids"].shape[1]:].tolist()
+        stop = next((i for i, t in enumerate(ids) if t in stop_ids), None)
+        assert got["reply"] == tok.decode(ids if stop is None else ids[:stop], skip_special_tokens=True)

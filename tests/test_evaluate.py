@@ -143,6 +143,8 @@ def test_interrupted_evaluation_leaves_no_results_json(proj, monkeypatch):
         return real(lm, task, plan, tm)
 
     monkeypatch.setattr(ev, "_run_task", dies_in_second_task)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text('{"older": "a finished run of this cell"}\n')  # this test's own older result
     rc = evaluate("--method", "lora", "--variant", "adapter", "--tasks",
                   "ftc_mmlu_high_school_computer_science,ftc_hellaswag", "--limit", "2", "--force")
     assert rc == 130 and len(calls) == 2
@@ -153,6 +155,8 @@ def test_interrupted_evaluation_leaves_no_results_json(proj, monkeypatch):
 def test_sigterm_leaves_no_results_json(proj):
     """The real thing: the wrapper's process is killed (as make or a user does) while evaluating."""
     out = paths.eval_dir("default", "tiny", "qlora", "merged")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text('{"older": "a finished run of this cell"}\n')  # removed when the run starts
     env = {**os.environ, "FTCOMPARE_ROOT": str(proj), "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen(["bash", "scripts/evaluate_models.sh", "tiny", "qlora", "merged", "--tasks", "ftc_gsm8k_cot",
                           "--limit", "20", "--force"], cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -148,3 +148,18 @@ def test_a_seeded_experiment_plans_one_run_per_seed(tree):
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
         (tree / name).write_text("{}\n")
     assert make_n(tree, "pipeline", names=False, experiment="seeds") == []
+
+
+def test_a_re_trained_run_is_merged_and_re_evaluated(tree):
+    """A newer train_summary.json (the run was re-trained) re-runs that method's merge and evaluation and the
+    report, nothing else."""
+    (tree / "models/default/135m/qlora/train_summary.json").touch()
+    assert make_n(tree, "pipeline") == sorted([
+        "bash scripts/merge.sh 135m qlora", "bash scripts/evaluate_models.sh 135m qlora merged",
+        ".venv/bin/python analyze_results.py --experiment default"])
+
+
+def test_a_re_merged_model_is_re_evaluated(tree):
+    (tree / "models/default/135m/lora/merged/merge_manifest.json").touch()
+    assert make_n(tree, "pipeline") == sorted([
+        "bash scripts/evaluate_models.sh 135m lora merged", ".venv/bin/python analyze_results.py --experiment default"])

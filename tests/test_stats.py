@@ -1,6 +1,7 @@
 """The report's statistics against hand computations, independent derivations and simulation."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -168,6 +169,37 @@ def test_paired_permutation_p():
     assert stats.paired_permutation_p([0.1, 0.3, 0.2], [0.3, 0.1, 0.2], iters=2000) > 0.5
 
 
+def _exact_sign_flip_p(d):
+    """All 2^n sign flips of the paired differences: the exact two-sided permutation p."""
+    d = np.asarray(d, dtype=float)
+    observed = abs(d.mean())
+    flips = np.array(list(itertools.product((-1.0, 1.0), repeat=d.size)))
+    return float((np.abs((flips * d).mean(axis=1)) >= observed - 1e-12).mean())
+
+
+@pytest.mark.parametrize("d, exact", [
+    ([3, 1, 2, 1, 4, 2, -1, 3, 2, -2, 1, 2, -3], 0.086669921875),   # integer: many ties with the observed mean
+    ([0.31, -0.12, 0.55, 0.08, -0.27, 0.44, 0.19, -0.05, 0.62, 0.13, -0.38, 0.26], 0.13525390625),
+])
+def test_paired_permutation_p_matches_exact_enumeration(d, exact):
+    """A moderate effect (no shortcut: differences non-zero, mean non-zero): the Monte Carlo p (10,000 seeded
+    sign flips, SE ~0.003) agrees with the exact p of all 2^n flips; a doubled p or a one-sided p would not."""
+    assert _exact_sign_flip_p(d) == pytest.approx(exact, abs=1e-15)
+    x = [0.0] * len(d)
+    assert stats.paired_permutation_p(x, d) == pytest.approx(exact, abs=0.01)
+    assert stats.paired_permutation_p(d, x) == stats.paired_permutation_p(x, d)       # two-sided
+    shifted = [v + 0.25 for v in x]                                                    # only y - x matters
+    assert stats.paired_permutation_p(shifted, [v + 0.25 for v in d]) == pytest.approx(exact, abs=0.01)
+
+
+def test_paired_permutation_p_counts_the_observed_flip():
+    """30 equal positive differences: only the two all-same-sign flips reach |mean|, so no random flip of
+    1,000 hits it and p is (1 + 0) / (1 + 1000), never 0 (the +1 counts the observed assignment)."""
+    d = [0.5] * 30
+    assert stats.paired_permutation_p([0.0] * 30, d, iters=1000) == 1 / 1001
+    assert stats.paired_permutation_p([0.0] * 30, d, iters=3000) == 1 / 3001
+
+
 def test_holm_hand_computation():
     # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone: 0.02 0.03 0.06 0.06
     assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
@@ -179,3 +211,183 @@ def test_proportion_ci():
     lo, hi, how = stats.proportion_ci([1, 0, 0, 1])
     assert how == "Wilson" and (lo, hi) == pytest.approx(stats.wilson_ci(2, 4))
     assert stats.proportion_ci([0.5, 0.7, 0.6])[2] == "normal"
+
+
+# --------------------------------------------------------------------------------------------------
+# Interval values by hand (the normal interval of chrF/BLEU/length, bootstrap, Newcombe's phi < 0 branch)
+# --------------------------------------------------------------------------------------------------
+def test_normal_interval_hand_values():
+    """mean 0.675, sample variance 0.0875 / 3, stderr sqrt(0.0875 / 12) = 0.0853913, half-width 1.96 x that."""
+    lo, hi, how = stats.proportion_ci([0.5, 0.7, 0.6, 0.9])
+    assert how == "normal"
+    assert (lo, hi) == pytest.approx((0.507636, 0.842364), abs=1e-6)
+    lo90, hi90, _ = stats.proportion_ci([0.5, 0.7, 0.6, 0.9], confidence=0.90)   # z = 1.644854
+    assert (lo90, hi90) == pytest.approx((0.675 - 1.644854 * 0.0853913, 0.675 + 1.644854 * 0.0853913), abs=1e-6)
+
+
+def test_wilson_at_another_confidence_uses_its_z():
+    z90 = 1.6448536269514722
+    assert stats.wilson_ci(7, 40, confidence=0.90) == pytest.approx(_wilson_by_quadratic(7, 40, z=z90), abs=1e-9)
+    assert stats.wilson_ci(45, 100) == pytest.approx((0.356145, 0.547554), abs=1e-6)  # by hand: 0.451846 -+ 0.095701
+
+
+def test_newcombe_negative_correlation_branch():
+    """ad - bc < 0 (pairs disagree more than chance): phi = (ad - bc) / sqrt(margins), no continuity term."""
+    a, b, c, d = 2, 10, 12, 1
+    n = a + b + c + d
+    phi = (a * d - b * c) / math.sqrt((a + b) * (c + d) * (a + c) * (b + d))
+    assert phi < 0
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = _wilson_by_quadratic(a + b, n)
+    l2, u2 = _wilson_by_quadratic(a + c, n)
+    lo = (p2 - p1) - math.sqrt((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2)
+    hi = (p2 - p1) + math.sqrt((u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2)
+    got = stats.newcombe_paired_ci(a, b, c, d)
+    assert got == pytest.approx((lo, hi), abs=1e-9)
+    # wider than with phi = 0 (negative correlation adds variance)
+    lo0 = (p2 - p1) - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2)
+    assert got[0] < lo0
+
+
+def test_newcombe_small_positive_cross_has_no_correlation_term():
+    """0 < ad - bc <= n/2: Newcombe's continuity term makes phi 0 (the plain square-and-add)."""
+    a, b, c, d = 3, 4, 5, 7    # ad - bc = 1, n/2 = 9.5
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = _wilson_by_quadratic(a + b, n)
+    l2, u2 = _wilson_by_quadratic(a + c, n)
+    lo = (p2 - p1) - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2)
+    hi = (p2 - p1) + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)
+    assert stats.newcombe_paired_ci(a, b, c, d) == pytest.approx((lo, hi), abs=1e-9)
+
+
+def test_newcombe_stays_in_minus_one_one():
+    lo, hi = stats.newcombe_paired_ci(0, 0, 30, 0)   # every item flips 0 -> 1: delta 1, hi exactly 1
+    assert hi == 1.0 and 0.8 < lo < 1.0
+    lo, hi = stats.newcombe_paired_ci(0, 30, 0, 0)
+    assert lo == -1.0 and -1.0 < hi < -0.8
+
+
+def test_paired_bootstrap_matches_the_normal_theory_width():
+    """With 200 pairs the bootstrap distribution of the mean is close to normal with sd = std(d) / sqrt(n)
+    (ddof 0): the percentile interval is mean +- z sd to within a few percent of its width."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=200)
+    y = x + rng.normal(loc=0.3, scale=1.0, size=200)
+    d = y - x
+    sd = float(np.std(d)) / math.sqrt(d.size)
+    for conf, z in ((0.95, stats.Z95), (0.80, 1.2815515655446004)):
+        lo, hi = stats.paired_bootstrap_ci(x, y, iters=20000, confidence=conf)
+        assert lo == pytest.approx(d.mean() - z * sd, abs=0.05 * z * sd)
+        assert hi == pytest.approx(d.mean() + z * sd, abs=0.05 * z * sd)
+
+
+def test_paired_bootstrap_two_items_by_hand():
+    """d = (0, 1): resampled means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4, so the 95% percentile
+    interval is [0, 1] and the 40% one (quantiles 0.3 and 0.7) is [0.5, 0.5]."""
+    assert stats.paired_bootstrap_ci([0, 0], [0, 1], iters=4000) == (0.0, 1.0)
+    assert stats.paired_bootstrap_ci([0, 0], [0, 1], iters=4000, confidence=0.4) == (0.5, 0.5)
+    with pytest.raises(ValueError):
+        stats.paired_bootstrap_ci([], [])
+
+
+def test_errors_and_small_cases():
+    with pytest.raises(ValueError):
+        stats.wilson_ci(1, 0)
+    with pytest.raises(ValueError):
+        stats.wilson_ci(5, 4)
+    with pytest.raises(ValueError):
+        stats.wilson_ci(-1, 4)
+    with pytest.raises(ValueError):
+        stats.mcnemar_exact(-1, 2)
+    with pytest.raises(ValueError):
+        stats.newcombe_paired_ci(0, 0, 0, 0)
+    with pytest.raises(ValueError):
+        stats.compare_paired([], [])
+    with pytest.raises(ValueError):
+        stats.proportion_ci([])
+    assert math.isnan(stats.binomial_stderr(1.0, 1))
+    assert stats.is_binary([0, 1, 1.0]) and not stats.is_binary([0, 0.5])
+    lo, hi, how = stats.proportion_ci([0.4])                       # one non-binary item: no stderr
+    assert how == "normal" and math.isnan(lo) and math.isnan(hi)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pinned numbers and every branch (what mutation testing found unchecked)
+# --------------------------------------------------------------------------------------------------
+X12 = [0.41, 0.12, 0.77, 0.35, 0.58, 0.23, 0.66, 0.49, 0.05, 0.91, 0.30, 0.62]
+Y12 = [0.52, 0.10, 0.95, 0.47, 0.61, 0.40, 0.70, 0.44, 0.21, 0.99, 0.38, 0.60]
+
+
+def test_seeded_numbers_are_pinned_bit_for_bit():
+    """SEED makes the bootstrap and permutation numbers reproducible: pinned, so a change of the resampling
+    (chunking, seed, draws) shows up."""
+    assert stats.paired_bootstrap_ci(X12, Y12, iters=2500) == (0.03166666666666667, 0.1158333333333333)
+    assert stats.paired_permutation_p(X12, Y12, iters=2500) == 0.009596161535385846
+    r = stats.compare_paired(X12, Y12)
+    assert (r.n, r.test, r.ci_method, r.n_first_only, r.n_second_only) == (12, "paired permutation",
+                                                                             "paired bootstrap", None, None)
+    assert (r.first, r.second, r.delta) == pytest.approx((0.4575, 0.5308333333333334, 0.07333333333333336))
+    assert (r.ci_low, r.ci_high, r.p_value) == (0.030833333333333324, 0.1158333333333333, 0.0124987501249875)
+    r90 = stats.compare_paired(X12, Y12, confidence=0.90)
+    assert r90.ci_low > r.ci_low and r90.ci_high < r.ci_high
+
+
+def test_compare_paired_binary_fields_equal_the_parts():
+    first = [1, 1, 1, 0, 0, 1, 0, 1, 1, 0, 0, 0, 1, 1]
+    second = [1, 1, 0, 1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 0]
+    a, b, c, d = 5, 3, 4, 2          # counted by hand: both, first only, second only, neither
+    r = stats.compare_paired(first, second)
+    assert (r.ci_low, r.ci_high) == stats.newcombe_paired_ci(a, b, c, d)
+    assert (r.n_first_only, r.n_second_only, r.p_value) == (b, c, stats.mcnemar_exact(b, c))
+    r90 = stats.compare_paired(first, second, confidence=0.90)
+    assert (r90.ci_low, r90.ci_high) == stats.newcombe_paired_ci(a, b, c, d, confidence=0.90)
+    mixed = stats.compare_paired([1, 0, 1, 0], [0.5, 0.25, 1, 0])   # one side not 0/1: not McNemar
+    assert mixed.test == "paired permutation"
+
+
+@pytest.mark.parametrize("a, b, c, d", [(0, 1, 1, 0), (6, 2, 2, 6), (4, 2, 3, 3), (3, 4, 5, 7)])
+def test_newcombe_branch_boundaries(a, b, c, d):
+    """phi by Newcombe's rule at the edges of its branches: margins of 1, ad - bc = 2n, n/3 < ad - bc = n/2;
+    also at another confidence."""
+    n = a + b + c + d
+    cross = a * d - b * c
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    phi = (cross - n / 2) / math.sqrt(margins) if cross > n / 2 else (cross / math.sqrt(margins) if cross < 0 else 0.0)
+    for conf, z in ((0.95, stats.Z95), (0.90, 1.6448536269514722)):
+        p1, p2 = (a + b) / n, (a + c) / n
+        l1, u1 = _wilson_by_quadratic(a + b, n, z)
+        l2, u2 = _wilson_by_quadratic(a + c, n, z)
+        lo = (p2 - p1) - math.sqrt((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2)
+        hi = (p2 - p1) + math.sqrt((u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2)
+        assert stats.newcombe_paired_ci(a, b, c, d, confidence=conf) == pytest.approx((lo, hi), abs=1e-9)
+
+
+def test_small_n_and_other_confidences():
+    assert stats.wilson_ci(1, 1) == (pytest.approx(1 / (1 + stats.Z95 ** 2)), 1.0)
+    assert stats.wilson_ci(0, 20)[0] == 0.0 and stats.wilson_ci(20, 20)[1] == 1.0
+    assert stats.newcombe_paired_ci(0, 0, 1, 0)[1] == 1.0                 # n = 1 is a valid table
+    lo, hi, how = stats.proportion_ci([1, 0, 0, 1, 1], confidence=0.90)
+    assert how == "Wilson" and (lo, hi) == stats.wilson_ci(3, 5, confidence=0.90)
+    lo, hi, _ = stats.proportion_ci([0.2, 0.6])                          # two items: a stderr exists
+    assert (lo, hi) == pytest.approx((0.4 - stats.Z95 * 0.2, 0.4 + stats.Z95 * 0.2))
+    assert stats.z_value() == stats.Z95
+    assert stats.holm([0.6, 0.7]) == [1.0, 1.0]                           # 2 x 0.6 capped at 1
+    assert stats.holm([0.3, 0.02]) == pytest.approx([0.3, 0.04])
+    assert stats.mcnemar_exact(4, 4) == 1.0 and stats.mcnemar_exact(1, 6) == pytest.approx(2 * 8 / 2 ** 7)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: stats.wilson_ci(1, 0), "wilson_ci needs n > 0"),
+    (lambda: stats.wilson_ci(5, 4), r"wilson_ci: k=5 is not in \[0, n=4\]"),
+    (lambda: stats.mcnemar_exact(-1, 2), "discordant counts must be >= 0"),
+    (lambda: stats.mcnemar_exact(2, -1), "discordant counts must be >= 0"),
+    (lambda: stats.newcombe_paired_ci(0, 0, 0, 0), "newcombe_paired_ci needs n > 0"),
+    (lambda: stats.paired_bootstrap_ci([], []), "paired_bootstrap_ci needs at least one pair"),
+    (lambda: stats.compare_paired([1, 0], [1]), r"paired comparison needs equal lengths \(2 != 1\)"),
+    (lambda: stats.compare_paired([], []), "paired comparison needs at least one item"),
+    (lambda: stats.proportion_ci([]), "no items"),
+])
+def test_error_messages(call, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        call()

@@ -31,8 +31,9 @@ from .layout import DEFAULT_EXPERIMENT, RESULTS_README, all_results_csv, check_e
 __all__ = ["run", "add_arguments", "main", "DEFAULT_EXPERIMENT"]
 
 
-def run(experiment: str = DEFAULT_EXPERIMENT, allow_missing: bool = False, out=sys.stdout, err=sys.stderr) -> int:
+def run(experiment: str = DEFAULT_EXPERIMENT, allow_missing: bool = False, out=None, err=None) -> int:
     """Analyze one experiment; returns the exit code (0 ok, 1 a check failed: one line per problem)."""
+    out, err = out or sys.stdout, err or sys.stderr   # the streams of now, not of the first import
     from .. import paths
     from ..io import atomic_dir, atomic_write_text
     from .analysis import analyze
