@@ -66,7 +66,7 @@ def test_resolve_eval_settings(project, capsys):
     code, err = _resolve(capsys, "--eval")
     assert code == 0 and "evaluation_results/default/eval_settings.json changed" in err
     first = json.loads(stamp.read_text())
-    assert first["evaluation"]["limit"] == {"ftc_hellaswag": 200, "ftc_gsm8k_cot": 20}
+    assert first["evaluation"]["limit"] == {"ftc_hellaswag": 200, "ftc_gsm8k_cot": 20, "ftc_gsm8k_bpb": 20}
     t = _old(stamp)
     assert _resolve(capsys, "--eval") == (0, "") and stamp.stat().st_mtime == t
     f = project / "configs" / "experiments" / "default.yaml"
