@@ -14,6 +14,7 @@ import math
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -131,28 +132,39 @@ evaluation:
 """)
 
 
-@pytest.fixture(scope="session")
-def built_project(tmp_path_factory, tiny_model_dir) -> Path:
-    """Train, merge and evaluate with the project's own stages (train.py, merge.py, evaluate.py)."""
+@contextmanager
+def tiny_project(parent: Path, model_dir: Path, write_configs):
+    """A project root under `parent`: the repository's configs, the tiny tasks (MC, GEN) and the experiments
+    `write_configs` writes; the project points at it (and lm-eval imports the tasks' module) inside the block."""
     import torch
 
-    from ftcompare import config, evaluate
-    from ftcompare.merge import merge
-    from ftcompare.train import train
-
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("analyze") / "proj"
+    root = parent / "proj"
     root.mkdir()
     shutil.copytree(ROOT / "configs", root / "configs")
     for name in ("models", "evaluation_results", "results"):
         (root / name).mkdir()
     tasks = root / "tasks"
     _write_tasks(tasks)
-    _write_configs(root, tiny_model_dir, tasks)
+    write_configs(root, model_dir, tasks)
     sys.path.insert(0, str(tasks))  # lm-eval imports the YAML's !function module
     mp = pytest.MonkeyPatch()
     try:
         _patch_paths(mp, root)
+        yield root
+    finally:
+        mp.undo()
+        sys.path.remove(str(tasks))
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory, tiny_model_dir) -> Path:
+    """Train, merge and evaluate with the project's own stages (train.py, merge.py, evaluate.py)."""
+    from ftcompare import config, evaluate
+    from ftcompare.merge import merge
+    from ftcompare.train import train
+
+    with tiny_project(tmp_path_factory.mktemp("analyze"), tiny_model_dir, _write_configs) as root:
         evaluate.run(evaluate.build_plan(EXP, "tiny", "base"))
         for method in METHOD_LR:
             run = config.resolve_run(EXP, "tiny", method)
@@ -160,9 +172,6 @@ def built_project(tmp_path_factory, tiny_model_dir) -> Path:
             merge(run)
             for variant in VARIANTS[method]:
                 evaluate.run(evaluate.build_plan(EXP, "tiny", method, variant))
-    finally:
-        mp.undo()
-        sys.path.remove(str(tasks))
     return root
 
 

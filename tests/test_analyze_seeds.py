@@ -9,13 +9,12 @@ import io
 import json
 import shutil
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, add_tiny_model_config
-from test_analyze import MC, _write_tasks
+from conftest import add_tiny_model_config
+from test_analyze import MC, tiny_project
 
 EXP, ONE = "tinyseeds", "tinyone"
 SEEDS = (42, 43)
@@ -54,25 +53,11 @@ evaluation:
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory, tiny_model_dir) -> Path:
-    import torch
-
     from ftcompare import config, evaluate
     from ftcompare.merge import merge
     from ftcompare.train import train
 
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("seeds") / "proj"
-    root.mkdir()
-    shutil.copytree(ROOT / "configs", root / "configs")
-    for name in ("models", "evaluation_results", "results"):
-        (root / name).mkdir()
-    tasks = root / "tasks"
-    _write_tasks(tasks)
-    _write_configs(root, tiny_model_dir, tasks)
-    sys.path.insert(0, str(tasks))  # lm-eval imports the YAML's !function module
-    mp = pytest.MonkeyPatch()
-    try:
-        mp.setenv("FTCOMPARE_ROOT", str(root))
+    with tiny_project(tmp_path_factory.mktemp("seeds"), tiny_model_dir, _write_configs) as root:
         evaluate.run(evaluate.build_plan(EXP, "tiny", "base"))
         evaluate.run(evaluate.build_plan(ONE, "tiny", "base"))
         for method in METHOD_LR:
@@ -81,9 +66,6 @@ def seeded(tmp_path_factory, tiny_model_dir) -> Path:
                 train(run)
                 merge(run)
                 evaluate.run(evaluate.build_plan(EXP, "tiny", method, "merged", seed=seed))
-    finally:
-        mp.undo()
-        sys.path.remove(str(tasks))
     return root
 
 
