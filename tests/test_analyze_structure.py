@@ -50,3 +50,9 @@ def test_run_identity_is_formatted_in_one_place():
     assert format_run(RunId("135m", "lora-r8", "merged")) == "lora-r8-merged"
     assert RunId("135m", "lora-r8", "adapter", seed=7).label == "lora-r8-adapter seed 7"
     assert RunId("135m", "lora-r8", "merged") != RunId("135m", "lora", "r8-merged")   # same label, other run
+
+
+def test_p_values_in_prose_read_as_comparisons():
+    from ftcompare.report.display import p_is
+
+    assert p_is(0.0004) == "<0.001" and p_is(0.0123) == "=0.012" and p_is(float("nan")) == " n/a"

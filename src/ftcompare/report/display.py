@@ -93,6 +93,12 @@ def fmt_p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def p_is(p: float) -> str:
+    """'=0.012', '<0.001' or ' n/a': what follows a 'p' in prose."""
+    text = fmt_p(p)
+    return text if text.startswith("<") else f" {text}" if text == "n/a" else f"={text}"
+
+
 def fmt_int(v) -> str:
     return "" if v is None else f"{int(v):,}"
 

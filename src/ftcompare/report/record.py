@@ -13,7 +13,7 @@ from .chat import (CHAT_CELL_CHARS, CHAT_EXAMPLES, CHAT_STOP_TARGET, LOOP_NGRAM,
                    bpb_task, chat_examples_markdown, chat_markdown, end_of_turn, generation_settings, greedy_task,
                    max_new_tokens, setting_name, stop_targets, template_view_paths)
 from .compare import ALPHA
-from .display import fmt_p, md_table, metric_display, metric_label, metric_name, pct
+from .display import fmt_p, md_table, p_is, metric_display, metric_label, metric_name, pct
 from .layout import DEFAULT_EXPERIMENT, all_results_csv, record_path, rel, tables_dir
 from .load import Evaluation
 from .tables import (continuous_markdown, cost_markdown, pooled_bpb_markdown, methods_table, peak_memory_kinds, provenance_table, run_order,
@@ -29,7 +29,7 @@ def environment():
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
-    env.filters.update(pct=pct, fmt_p=fmt_p, in_words=lambda n: NUMBER_WORDS.get(n, str(n)))
+    env.filters.update(pct=pct, fmt_p=fmt_p, p_is=p_is, in_words=lambda n: NUMBER_WORDS.get(n, str(n)))
     return env
 
 
