@@ -103,15 +103,20 @@ metadata:
 """)
 
 
-def _write_configs(root: Path, model_dir: Path, tasks: Path) -> None:
+def write_tiny_model_data_methods(root: Path, model_dir: Path, method_lr: dict[str, float]) -> None:
+    """The tiny model's config, 16 carved HellaSwag training examples (tinydata), and each method's learning rate."""
     add_tiny_model_config(root, model_dir, "tiny")
     (root / "configs" / "data" / "tinydata.yaml").write_text(
         "name: tinydata\nloader: hellaswag-packaged\ndescription: 16 carved HellaSwag training examples\n"
         "n_train: 16\nn_val: 8\nlicense: MIT (HellaSwag)\n")
-    for method, lr in METHOD_LR.items():
+    for method, lr in method_lr.items():
         p = root / "configs" / "methods" / f"{method}.yaml"
         p.write_text(p.read_text().replace("learning_rate: 2.0e-5", f"learning_rate: {lr}")
                      .replace("learning_rate: 2.0e-4", f"learning_rate: {lr}"))
+
+
+def _write_configs(root: Path, model_dir: Path, tasks: Path) -> None:
+    write_tiny_model_data_methods(root, model_dir, METHOD_LR)
     (root / "configs" / "experiments" / f"{EXP}.yaml").write_text(f"""\
 name: {EXP}
 description: tiny llama, full vs LoRA vs QLoRA (analyzer test)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import add_tiny_model_config
-from test_analyze import MC, tiny_project
+from test_analyze import MC, tiny_project, write_tiny_model_data_methods
 
 EXP, ONE = "tinyseeds", "tinyone"
 SEEDS = (42, 43)
@@ -22,14 +21,7 @@ METHOD_LR = {"full": 3e-2, "lora": 2e-1}  # large: the seeds must end in models 
 
 
 def _write_configs(root: Path, model_dir: Path, tasks: Path) -> None:
-    add_tiny_model_config(root, model_dir, "tiny")
-    (root / "configs" / "data" / "tinydata.yaml").write_text(
-        "name: tinydata\nloader: hellaswag-packaged\ndescription: 16 carved HellaSwag training examples\n"
-        "n_train: 16\nn_val: 8\nlicense: MIT (HellaSwag)\n")
-    for method, lr in METHOD_LR.items():
-        p = root / "configs" / "methods" / f"{method}.yaml"
-        p.write_text(p.read_text().replace("learning_rate: 2.0e-5", f"learning_rate: {lr}")
-                     .replace("learning_rate: 2.0e-4", f"learning_rate: {lr}"))
+    write_tiny_model_data_methods(root, model_dir, METHOD_LR)
     for name, seeds in ((EXP, f", seeds: [{', '.join(map(str, SEEDS))}]"), (ONE, "")):
         (root / "configs" / "experiments" / f"{name}.yaml").write_text(f"""\
 name: {name}
