@@ -96,10 +96,16 @@ def test_seed_mean_and_spread_and_the_rule(proj):
     assert rc == 0, err
     tables = proj / "results" / EXP / "model_comparison"
     spreads = {(r["method"], r["metric"]): r for r in _csv(tables / "seed_variation.csv")}
-    assert set(spreads) == {(m, k) for m in METHOD_LR for k in ("acc", "acc_norm")}
+    continuous = ("gold_logprob", "gold_prob", "margin_norm")  # re-derived from the samples (report.mc)
+    assert set(spreads) == {(m, k) for m in METHOD_LR for k in ("acc", "acc_norm", *continuous)}
+    cont = _csv(tables / f"{MC}_continuous_scores.csv")
     seed_scores = {}
     for (method, metric), r in spreads.items():
-        values = [_score(proj, f"{method}/seed-{s}-merged", metric) for s in SEEDS]
+        if metric in continuous:  # each seed's score as the per-task continuous table gives it
+            values = [float(next(c["value"] for c in cont if (c["metric"], c["method"], c["seed"]) == (metric, method, str(s))))
+                      for s in SEEDS]
+        else:
+            values = [_score(proj, f"{method}/seed-{s}-merged", metric) for s in SEEDS]
         seed_scores[(method, metric)] = values
         assert r["k"] == "2" and r["seeds"] == "42 43"
         assert float(r["mean"]) == pytest.approx(statistics.fmean(values), abs=1e-6)

@@ -132,8 +132,10 @@ def analyze_seeds(an: Analysis) -> SeedAnalysis | None:
         return None
     spreads, tests = [], []
     for task in inp.tasks:
-        for metric, filt in inp.reported(task):
-            scores = [s for s in an.scores.get(task, ()) if (s.metric, s.filter) == (metric, filt)]
+        # the reported metrics, then the continuous ones re-derived from multiple-choice samples (report.mc)
+        keys = [(k, an.scores) for k in inp.reported(task)] + [(k, an.continuous_scores) for k in inp.continuous(task)]
+        for (metric, filt), by_task in keys:
+            scores = [s for s in by_task.get(task, ()) if (s.metric, s.filter) == (metric, filt)]
             for model in inp.models():
                 base = next((s.value for s in scores if s.run == RunId(model, "base")), None)
                 groups: dict[tuple[str, str], list] = {}
