@@ -104,6 +104,53 @@ def test_generation_matches_stock(lms):
     assert any(len(x) > 0 for x in a)
 
 
+@pytest.mark.parametrize("sharpen", [40.0, 3.0])
+def test_greedy_drops_finished_rows_same_text(tiny_model_dir, sharpen):
+    """ftc-hf's greedy loop drops a row once it stops (stop string or EOS); the texts stay stock's. The prompts
+    stop at different steps (one never stops before max_gen_toks), and fewer rows are computed at the end.
+    A mildly sharpened model (x3) has close second choices, so a wrong position id or mask changes the text."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftcompare.fastlm import FtcHF
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpen)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    stock = HFLM(pretrained=model, tokenizer=tok, batch_size=4, max_length=128)
+    fast = FtcHF(pretrained=model, tokenizer=tok, batch_size=3, max_length=128)
+    shots = "Q: the man walks to the store. A: he buys bread.\n\nQ: a woman is seen standing. A: she waves.\n\n"
+    questions = ["a dog runs in the park", "people are playing", "he is cutting the", "the camera pans",
+                 "she shows how to", "a boy rides", "two men", "the", "a cat sleeps on a mat"]
+    rows_seen, lengths = [], set()
+    orig = model.forward
+
+    def counting(*args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        rows_seen.append(ids.shape[0])
+        return orig(*args, **kwargs)
+
+    for until in (["Q:", "\n\n"], [" the", "."]):
+        gen_kwargs = {"until": until, "do_sample": False, "max_gen_toks": 30}
+        reqs = [Instance(request_type="generate_until", doc={}, arguments=(f"{shots}Q: {q}. A:", gen_kwargs),
+                         idx=0) for q in questions]
+        a = stock.generate_until(reqs, disable_tqdm=True)
+        fast.generation_batch_size = len(questions)
+        rows_seen.clear()
+        model.forward = counting
+        try:
+            b = fast.generate_until(reqs, disable_tqdm=True)
+        finally:
+            del model.forward
+        assert a == b, until
+        # rows left the batch as they stopped (the first forward is the shared prefix, one row)
+        assert rows_seen[1] == len(questions) and min(rows_seen[1:]) < len(questions), rows_seen
+        lengths |= {len(x) for x in a}
+    assert len(lengths) > 3, lengths  # rows did stop at different points
+
+
 def test_project_tasks_match_stock(lms, tiny_model_dir):
     """The default experiment's own tasks through lm_eval.simple_evaluate: same per-sample log-likelihoods
     (1e-4), same acc / acc_norm / exact_match per item."""

@@ -58,16 +58,25 @@ class FtcHF(HFLM):
             full = (ctx + cont)[-(self.max_length + 1):]
             groups.setdefault(tuple(full[: len(full) - len(cont)]), []).append(i)
             conts.append(list(cont))
-        # longest contexts first (as stock: out-of-memory shows at once, padding within a batch is small)
-        order = sorted(groups, key=lambda c: (-len(c), c))
+        # one packed row per context: the context, then every continuation but its last token (see _score_packed);
+        # longest rows first (as stock: out-of-memory shows at once), batches of `bs` contexts whose rows x padded
+        # length stays under max_group_tokens, so padding within a batch is small
+        packed = {c: len(c) + sum(len(conts[i]) - 1 for i in m) for c, m in groups.items()}
+        order = sorted(groups, key=lambda c: (-packed[c], c))
         bs = override_bs or (self.batch_size if isinstance(self.batch_size, int) else 8)
         answers: list[tuple[float, bool] | None] = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=(disable_tqdm or self.rank != 0),
                     desc="Running loglikelihood requests (ftc-hf)")
         with torch.inference_mode():
-            for start in range(0, len(order), bs):
-                batch = order[start:start + bs]
-                for i, ans in self._score_contexts(batch, [groups[c] for c in batch], conts):
+            start = 0
+            while start < len(order):
+                n = 1
+                while (n < bs and start + n < len(order)
+                       and (n + 1) * packed[order[start]] <= max(self.max_group_tokens, packed[order[start]])):
+                    n += 1
+                batch = order[start:start + n]
+                start += n
+                for i, ans in self._score_packed(batch, [groups[c] for c in batch], conts):
                     answers[i] = ans
                     req_str = requests[i][0]
                     if req_str is not None:
@@ -76,86 +85,72 @@ class FtcHF(HFLM):
         pbar.close()
         return answers
 
-    def _score_contexts(self, ctxs: list[tuple[int, ...]], members: list[list[int]], conts: list[list[int]]):
+    def _score_packed(self, ctxs: list[tuple[int, ...]], members: list[list[int]], conts: list[list[int]]):
+        """One forward for a batch of contexts and all their continuations. Row r holds context r, then each of
+        its continuations' tokens but the last (the last is only predicted), one after the other. An attention
+        mask lets each continuation token see its context and the earlier tokens of its own continuation only,
+        and its position ids continue from the context's end, so each token's log-probability is the one a
+        separate (context + continuation) row gives. A token prefix that all contexts share (few-shot examples)
+        is prefilled once and its KV cache repeated per row. Vocabulary logits are computed only at positions
+        some log-probability needs. -> [(request index, (sum of log-probs, is_greedy))]."""
         dev = self.device
-        lens = [len(c) for c in ctxs]
-        width = max(lens)
-        ids = torch.full((len(ctxs), width), self._pad_id(), dtype=torch.long, device=dev)
-        mask = torch.zeros((len(ctxs), width), dtype=torch.long, device=dev)
-        for r, c in enumerate(ctxs):
-            ids[r, : len(c)] = torch.tensor(c, dtype=torch.long)
-            mask[r, : len(c)] = 1
-        pos = torch.arange(width, device=dev).expand(len(ctxs), -1)
-        need_cache = any(len(conts[i]) > 1 for m in members for i in m)
-        # a token prefix every context of the batch shares (few-shot examples) is prefilled once, its KV cache
-        # repeated per context; each context's own tokens follow on top of it
         shared = _common_prefix(ctxs) if len(ctxs) > 1 else 0
         shared = shared if shared >= MIN_SHARED_PREFIX else 0
+        seqs, poss, segs = [], [], []
+        need: list[tuple[int, int, int]] = []     # (row, position in the row, token whose log-prob is read)
+        spans: list[tuple[int, int, int]] = []    # (request, first entry in need, entries)
+        for r, (ctx, m) in enumerate(zip(ctxs, members)):
+            seq, pos = list(ctx[shared:]), list(range(shared, len(ctx)))
+            seg = [-1] * len(seq)                  # -1: context; otherwise the request the token belongs to
+            for i in m:
+                c, at = conts[i], len(seq)
+                spans.append((i, len(need), len(c)))
+                need.append((r, len(ctx) - shared - 1, c[0]))        # first token: from the context's last
+                need += [(r, at + k, c[k + 1]) for k in range(len(c) - 1)]
+                seq += c[:-1]
+                pos += range(len(ctx), len(ctx) + len(c) - 1)
+                seg += [i] * (len(c) - 1)
+            seqs.append(seq), poss.append(pos), segs.append(seg)
+        B, L = len(seqs), max(len(q) for q in seqs)
+        ids = torch.full((B, L), self._pad_id(), dtype=torch.long)
+        pos = torch.zeros((B, L), dtype=torch.long)
+        seg = torch.full((B, L), -2, dtype=torch.long)   # -2: padding
+        for r in range(B):
+            n = len(seqs[r])
+            ids[r, :n], pos[r, :n], seg[r, :n] = torch.tensor(seqs[r]), torch.tensor(poss[r]), torch.tensor(segs[r])
+        # key k is visible to query q: causal, and k is context or in q's own continuation; padding sees itself
+        causal = torch.ones((L, L), dtype=torch.bool).tril()
+        sq, sk = seg[:, :, None], seg[:, None, :]
+        allowed = causal & (sk >= -1) & ((sk == -1) | (sk == sq))
+        allowed |= torch.eye(L, dtype=torch.bool)
+        if shared:
+            allowed = torch.cat([torch.ones((B, L, shared), dtype=torch.bool), allowed], dim=2)
+        mask = self._mask_4d(allowed[:, None]).to(dev)
         kw = {}
         if shared:
-            pre = self.model(input_ids=ids[:1, :shared], position_ids=pos[:1, :shared], use_cache=True)
+            pre = self.model(input_ids=torch.tensor([ctxs[0][:shared]], device=dev),
+                             position_ids=torch.arange(shared, device=dev)[None], use_cache=True, logits_to_keep=1)
             cache = pre.past_key_values
-            cache.batch_repeat_interleave(len(ctxs))
-            kw = {"past_key_values": cache}
-            need_cache = True
-        # vocabulary logits only at each context's last position (a handful of distinct indices)
-        last = torch.tensor([n - 1 - shared for n in lens], device=dev)
-        keep = torch.unique(last)
-        out = self.model(input_ids=ids[:, shared:], attention_mask=mask, position_ids=pos[:, shared:],
-                         use_cache=need_cache, logits_to_keep=keep, **kw)
-        col = torch.searchsorted(keep, last)
-        first_lp = F.log_softmax(out.logits[torch.arange(len(ctxs), device=dev), col], dim=-1,
-                                 dtype=self.softmax_dtype)  # [contexts, vocab]: log p(cont[0] | ctx)
+            cache.batch_repeat_interleave(B)
+            kw["past_key_values"] = cache
+        rows = torch.tensor([r for r, _, _ in need], device=dev)
+        at = torch.tensor([q for _, q, _ in need], device=dev)
+        tgt = torch.tensor([t for _, _, t in need], device=dev)
+        keep = torch.unique(at)                               # vocabulary logits only where a log-prob is read
+        logits = self.model(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos.to(dev),
+                            use_cache=bool(shared), logits_to_keep=keep, **kw).logits
+        lp = F.log_softmax(logits[rows, torch.searchsorted(keep, at)], dim=-1, dtype=self.softmax_dtype)
+        tok = lp.gather(1, tgt[:, None]).squeeze(1)
+        hit = lp.argmax(-1) == tgt
+        return [(i, (float(tok[a:a + n].sum()), bool(hit[a:a + n].all()))) for i, a, n in spans]
 
-        rows = [(r, i) for r, m in enumerate(members) for i in m]
-        multi = [(r, i) for r, i in rows if len(conts[i]) > 1]
-        results: dict[int, tuple[float, bool]] = {}
-        for r, i in rows:
-            if len(conts[i]) == 1:
-                t = conts[i][0]
-                lp = first_lp[r]
-                results[i] = (float(lp[t]), bool(int(lp.argmax()) == t))
-        if multi:
-            cache = out.past_key_values
-            # rows of continuations, chunked so that rows x padded length stays under max_group_tokens
-            multi.sort(key=lambda ri: -len(conts[ri[1]]))
-            chunk: list = []
-            for ri in multi:
-                longest = len(conts[chunk[0][1]]) - 1 if chunk else len(conts[ri[1]]) - 1
-                if chunk and (len(chunk) + 1) * (width + longest) > self.max_group_tokens:
-                    results.update(self._score_continuations(chunk, cache, mask, lens, first_lp, conts))
-                    chunk = []
-                chunk.append(ri)
-            if chunk:
-                results.update(self._score_continuations(chunk, cache, mask, lens, first_lp, conts))
-        return [(i, results[i]) for r, i in rows]
-
-    def _score_continuations(self, chunk, cache, ctx_mask, lens, first_lp, conts):
-        dev = self.device
-        idx = torch.tensor([r for r, _ in chunk], device=dev)
-        n = max(len(conts[i]) - 1 for _, i in chunk)
-        ids = torch.full((len(chunk), n), self._pad_id(), dtype=torch.long, device=dev)
-        cmask = torch.zeros((len(chunk), n), dtype=torch.long, device=dev)
-        for k, (_, i) in enumerate(chunk):
-            feed = conts[i][:-1]  # the last continuation token is predicted, never fed
-            ids[k, : len(feed)] = torch.tensor(feed, dtype=torch.long)
-            cmask[k, : len(feed)] = 1
-        start = torch.tensor([lens[r] for r, _ in chunk], device=dev)
-        pos = start[:, None] + torch.arange(n, device=dev)[None, :]
-        past = _select_rows(cache, idx)
-        attn = torch.cat([ctx_mask.index_select(0, idx), cmask], dim=1)
-        logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=past,
-                            use_cache=False).logits
-        lp_all = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
-        out = {}
-        for k, (r, i) in enumerate(chunk):
-            cont = conts[i]
-            tgt = torch.tensor(cont[1:], dtype=torch.long, device=dev)
-            lp = lp_all[k, : len(cont) - 1]
-            total = float(first_lp[r, cont[0]]) + float(lp.gather(1, tgt[:, None]).sum())
-            greedy = int(first_lp[r].argmax()) == cont[0] and bool((lp.argmax(-1) == tgt).all())
-            out[i] = (total, greedy)
-        return out
+    def _mask_4d(self, allowed: torch.Tensor) -> torch.Tensor:
+        """[B, 1, q, k] visibility -> the mask the model's attention takes as given (transformers passes a 4D
+        mask through): boolean for sdpa, additive (0 / dtype min) for eager."""
+        if getattr(self.model.config, "_attn_implementation", "eager") == "sdpa":
+            return allowed
+        dtype = self.model.dtype
+        return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
 
     def _pad_id(self) -> int:
         pid = self.tokenizer.pad_token_id
@@ -200,19 +195,77 @@ class FtcHF(HFLM):
         kw = {}
         if prefix > 0:
             with torch.inference_mode():
-                pre = self.model(input_ids=ids[:1, :prefix], use_cache=True)
+                pre = self.model(input_ids=ids[:1, :prefix], use_cache=True, logits_to_keep=1)
             cache = pre.past_key_values
             if B > 1:
                 cache.batch_repeat_interleave(B)
             kw["past_key_values"] = cache
-        stopping = StoppingCriteriaList([_RowStop(self.tokenizer, stop, ids.shape[1], B)])
-        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
-                                  stopping_criteria=stopping, pad_token_id=pad, use_cache=True,
-                                  **kw, **generation_kwargs)
-        gen = out[:, ids.shape[1]:]
+        if set(generation_kwargs) <= {"do_sample"} and _plain_greedy(self.model.generation_config):
+            # plain greedy (no logits processor would run): our loop, which drops finished rows
+            gen = self._greedy_rows(ids, mask, prefix, kw.get("past_key_values"), new_tokens, stop, pad)
+        else:
+            stopping = StoppingCriteriaList([_RowStop(self.tokenizer, stop, ids.shape[1], B)])
+            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                                      stopping_criteria=stopping, pad_token_id=pad, use_cache=True,
+                                      **kw, **generation_kwargs)
+            gen = out[:, ids.shape[1]:]
         # lm-eval slices the output at the width of its own (left-padded) context
         head = torch.full((B, width), pad, dtype=torch.long, device=dev)
         return torch.cat([head, gen], dim=1)
+
+    @torch.inference_mode()
+    def _greedy_rows(self, ids, mask, prefix: int, cache, new_tokens: int, stop: list[str], pad: int):
+        """Greedy decoding as `generate(do_sample=False)` with per-row stops, but a row that has stopped (stop
+        string or EOS) leaves the batch: its KV cache rows are dropped and no further step computes it. HF's
+        generate keeps computing finished rows (emitting pad) until the last row stops; on a CPU each step's cost
+        grows with the rows and their KV caches, and a few long rows would keep all of them alive.
+        Same tokens as generate: argmax of fp32 logits, position ids from the attention mask as generate derives
+        them, pad after a row's end. -> [rows, generated steps] token ids."""
+        dev = ids.device
+        B = ids.shape[0]
+        eos = self.model.generation_config.eos_token_id
+        eos = set([eos] if isinstance(eos, int) else (eos or []))
+        rowstop = _RowStop(self.tokenizer, stop, 0, B)
+        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        out = self.model(input_ids=ids[:, prefix:], attention_mask=mask, position_ids=pos[:, prefix:],
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        nxt = out.logits[:, -1].float().argmax(-1)
+        gen = torch.full((B, new_tokens), pad, dtype=torch.long, device=dev)
+        rows = torch.arange(B, device=dev)          # the original row of each live row
+        n_real = mask.sum(-1)                       # real tokens per live row: the next token's position
+        steps = 0
+        for step in range(new_tokens):
+            gen[rows, step] = nxt
+            steps = step + 1
+            done = torch.tensor([int(t) in eos for t in nxt.tolist()], dtype=torch.bool, device=dev)
+            done |= rowstop.rows_done(gen[rows, :steps])
+            if step == new_tokens - 1 or bool(done.all()):
+                break
+            if bool(done.any()):
+                keep = (~done).nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                rows, nxt, mask, n_real = rows[keep], nxt[keep], mask[keep], n_real[keep]
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+            out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=n_real[:, None],
+                             past_key_values=cache, use_cache=True)
+            n_real = n_real + 1
+            nxt = out.logits[:, -1].float().argmax(-1)
+        return gen[:, :steps]
+
+
+# generation_config fields that make generate() add a logits processor (greedy would then not be a plain argmax)
+_PROCESSOR_DEFAULTS = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+                       "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "min_length": 0,
+                       "min_new_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
+                       "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
+                       "exponential_decay_length_penalty": None, "renormalize_logits": False,
+                       "diversity_penalty": 0.0, "num_beams": 1, "guidance_scale": None,
+                       "watermarking_config": None}
+
+
+def _plain_greedy(gc) -> bool:
+    return all(getattr(gc, k, d) in (d, None) for k, d in _PROCESSOR_DEFAULTS.items())
 
 
 MIN_SHARED_PREFIX = 64   # tokens: a shorter common prefix of a batch's contexts is not worth a separate forward
@@ -230,17 +283,6 @@ def _common_prefix(seqs) -> int:
     return max(n, 0)
 
 
-def _select_rows(cache, idx: torch.Tensor):
-    """A cache holding rows `idx` of `cache`; the prefill cache stays intact for the next chunk (reorder_cache
-    replaces each layer's tensors, so it runs on copies of the layer objects)."""
-    import copy
-
-    new = copy.copy(cache)
-    new.layers = [copy.copy(layer) for layer in cache.layers]
-    new.reorder_cache(idx)
-    return new
-
-
 class _RowStop(StoppingCriteria):
     """Per-row stop strings (stock lm-eval answers one bool per batch): a row is done once its generated text
     contains a stop string; generate ends when every row is done. lm-eval cuts each text at its first stop
@@ -255,9 +297,11 @@ class _RowStop(StoppingCriteria):
         self.done = torch.zeros(batch, dtype=torch.bool)
 
     def __call__(self, input_ids, scores, **kwargs):
-        tail = input_ids[:, max(self.start, input_ids.shape[1] - self.lookback):]
-        texts = self.tokenizer.batch_decode(tail)
-        for b, t in enumerate(texts):
-            if not self.done[b] and any(s in t for s in self.stops):
-                self.done[b] = True
+        self.done |= self.rows_done(input_ids[:, self.start:]).cpu()
         return self.done.clone().to(input_ids.device)
+
+    def rows_done(self, generated: torch.Tensor) -> torch.Tensor:
+        """Which rows' generated tokens (so far) hold a stop string in their last `lookback` tokens."""
+        texts = self.tokenizer.batch_decode(generated[:, -self.lookback:])
+        return torch.tensor([any(s in t for s in self.stops) for t in texts], dtype=torch.bool,
+                            device=generated.device)
