@@ -296,6 +296,19 @@ def test_chitchat_task_and_generation_through_evaluate(project, tiny_model_dir, 
     assert "need evaluation.lm_eval_model ftc-hf" in err and "got hf" in err and len(err.splitlines()) == 1
     assert cli.main([*args, "--tasks", "ftc_chitchat"]) == 0   # the lm-eval task alone runs on stock hf
 
+    # a generation setting without its task YAML: one line naming the file to add
+    (project / "configs" / "experiments" / "chattest.yaml").write_text(EXPERIMENT.replace("greedy: {do_sample: false}",
+                                                                                          "beam: {do_sample: false}"))
+    capsys.readouterr()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "ftc_chat_gen_beam of evaluation.generation.settings have no task YAML" in err
+    assert "ftc_chitchat/ftc_chat_gen_beam.yaml (include: _ftc_chat_gen.yaml" in err and len(err.splitlines()) == 1
+    # the code generation runs through (ftc-hf and what it imports) is part of the chat settings
+    from ftcompare import sourcehash
+
+    assert {"fastlm", "chat_eval", "chat"} <= set(sourcehash.closure("fastlm"))
+
 
 def test_batched_left_padded_generation_equals_one_prompt_at_a_time(tiny):
     """Prompts of very different lengths, greedy: batches of 4 (left-padded) give the replies, stop flags and

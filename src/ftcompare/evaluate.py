@@ -120,9 +120,10 @@ class EvalPlan:
 
 
 def chat_code_hash() -> str:
-    """sha256 of the code that renders chat prompts and runs/scores generation: chat_eval.py and every
-    ftcompare module it imports (chat.py, data.py, ...)."""
-    return closure_hash("chat_eval")
+    """sha256 of the code that renders chat prompts and runs/scores generation: fastlm.py (ftc-hf, which hands
+    the generation tasks' requests to chat_eval) and every ftcompare module it imports (chat_eval, chat, data,
+    ...)."""
+    return closure_hash("fastlm")
 
 
 def _version(dist: str) -> str | None:
