@@ -1,4 +1,5 @@
-"""The analyzer on a chat experiment: generation tasks (ftc_chat_gen_<setting>, written by ftcompare.chat_eval)
+"""The analyzer on a chat experiment: generation tasks (ftc_chat_gen_<setting>; here in the shape ftcompare.chat_eval
+wrote before they became lm-eval tasks, with a `generator` in their metadata, which the analyzer still reads)
 and the held-out reply likelihood task (ftc_chitchat: nats per reply, bits per byte) of a synthetic grid: base + full/lora/qlora (merged).
 Every results.json and samples file is written here from per-item values chosen so that the expected
 numbers can be counted by hand (no model is run: a few seconds).

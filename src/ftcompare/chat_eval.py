@@ -1,34 +1,30 @@
 """Generation evaluation of chat models: replies to held-out prompts, scored against the reference replies.
 
-For each setting of `evaluation.generation.settings` (e.g. greedy, sampled) one task ftc_chat_gen_<name>:
-the first `n_prompts` held-out conversations of the generation data config (ftcompare.data.chat_split,
-'eval'), each cut before its last assistant message; the history rendered with the model's chat template
-and its generation prompt; replies generated in batches of `batch_size` (left-padded, in the fixed order
-of the prompts, torch seeded with `seed` before each setting, so sampled replies are reproducible on the
-same machine), stopping on the template's end-of-turn token (or EOS) or after `max_new_tokens`.
+The lm-eval tasks ftc_chat_gen_<setting> (lm-evaluation-harness/tasks/ftc_chitchat/ftc_chat_gen_*.yaml, one per
+setting of `evaluation.generation.settings`, e.g. greedy, sampled) are `generate_until` tasks whose documents are
+the first `n_prompts` held-out conversations of the generation data config (ftcompare.data.chat_split, 'eval'),
+each cut before its last assistant message, the history rendered with the model's chat template and its
+generation prompt (task_data.chat_documents). This module holds what those tasks and `ftc-hf` share:
 
-Per-item metrics (floats): stopped (end-of-turn within max_new_tokens), length (generated tokens before it),
-chrf / bleu (sacrebleu sentence scores, 0-100), rougeL (rouge_score ROUGE-L F1 x 100), distinct_1 / distinct_2
-(unique / total lowercased whitespace-word n-grams of the reply). Written in lm-eval's schema (results,
-n-samples, configs, ..., samples_<task>.jsonl records) into the evaluate stage's results.json, plus corpus
-distinct-n and speed under ftcompare.generation.
+- generate_replies: what ftc-hf's generate_until runs for them (fastlm.FtcHF, gen kwarg `ftc_chat_reply`):
+  batches of `batch_size` in the prompts' order (left-padded), torch seeded with `seed` once before the first
+  batch (sampled replies are reproducible on the same machine), stopping on the template's end-of-turn token (or
+  EOS) or after `max_new_tokens`. Each reply comes back as a ChatReply: the text, plus what the text alone
+  loses (whether it stopped, its length in tokens).
+- reply_metrics: the per-item metrics the tasks' process_results return (floats): stopped (end-of-turn within
+  max_new_tokens), length (generated tokens before it), chrf / bleu (sacrebleu sentence scores, 0-100), rougeL
+  (rouge_score ROUGE-L F1 x 100), distinct_1 / distinct_2 (unique / total lowercased whitespace-word n-grams of the
+  reply). lm-eval aggregates them (mean, mean_stderr).
+- generation_block: corpus distinct-n and speed of a task's replies (results.json ftcompare.generation).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import time
-
 from . import chat
-from .config import GENERATION_TASK_PREFIX, DataConfig, GenerationSettings
+from .config import DataConfig, GenerationSettings
 from .errors import FtcError
 
-UPSTREAM = "ftc_chat_generation"
-VERSION = 1.0
 METRICS = ("stopped", "length", "chrf", "bleu", "rougeL", "distinct_1", "distinct_2")
-HIGHER_IS_BETTER = {"stopped": True, "length": None, "chrf": True, "bleu": True, "rougeL": True,
-                    "distinct_1": True, "distinct_2": True}
+REPLY_KWARG = "ftc_chat_reply"   # generation_kwargs key of the ftc_chat_gen_* tasks: {batch_size, seed}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,22 +74,6 @@ def text_metrics(reply: str, reference: str) -> dict[str, float]:
         "distinct_1": distinct_n(reply, 1),
         "distinct_2": distinct_n(reply, 2),
     }
-
-
-def mean_and_stderr(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample std / sqrt(n) (lm-eval's mean_stderr; for 0/1 values = sqrt(p(1-p)/(n-1)))."""
-    n = len(values)
-    if n == 0:
-        return None, None
-    m = sum(values) / n
-    if n < 2:
-        return m, None
-    var = sum((v - m) ** 2 for v in values) / (n - 1)
-    return m, math.sqrt(var / n)
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,64 +151,63 @@ def generate_replies(model, tokenizer, prompts: list[str], kwargs: dict, batch_s
     return out
 
 
-def run_generation(model, tokenizer, gen: GenerationSettings, data_cfg: DataConfig,
-                   n_prompts: int | None = None) -> tuple[dict, dict[str, list], dict]:
-    """Every setting of `gen` on the first n_prompts (default gen.n_prompts) held-out prompts.
-    -> (results_entries: {"results"|"n-samples"|"n-shot"|"versions"|"higher_is_better"|"configs": {task: ...}},
-        samples_by_task: {task: [lm-eval in-memory sample records]} (evaluate.sample_lines writes them),
-        generation_block: {task: {corpus_distinct_1/2, settings, seconds, new_tokens, tokens_per_second,
-                                  end_of_turn}})."""
-    all_docs = held_out(data_cfg)
-    docs = all_docs[:n_prompts or gen.n_prompts]
-    eot = chat.end_of_turn(tokenizer)
-    prompts = [chat.render(tokenizer, d["messages"], add_generation_prompt=True) for d in docs]
-    entries: dict = {k: {} for k in ("results", "n-samples", "n-shot", "versions", "higher_is_better", "configs")}
-    samples: dict[str, list] = {}
-    block: dict = {}
-    for name, setting in gen.settings.items():
-        task = GENERATION_TASK_PREFIX + name
-        kwargs = generate_kwargs(setting, gen.max_new_tokens)
-        t0 = time.time()
-        outs = generate_replies(model, tokenizer, prompts, kwargs, gen.batch_size, gen.seed, desc=task)
-        seconds = time.time() - t0
-        logged_kwargs = {**kwargs, "until": [eot]}
-        recs = []
-        for i, (doc, prompt, o) in enumerate(zip(docs, prompts, outs)):
-            metrics = {"stopped": o["stopped"], "length": o["length"], **text_metrics(o["reply"], doc["reference"])}
-            recs.append({
-                "doc_id": i, "doc": doc, "target": doc["reference"],
-                "arguments": [(prompt, logged_kwargs)], "resps": [[o["reply"]]], "filtered_resps": [o["reply"]],
-                "filter": "none", "metrics": list(METRICS), **{m: metrics[m] for m in METRICS},
-                "doc_hash": sha256(json.dumps(doc, sort_keys=True)), "prompt_hash": sha256(prompt),
-                "target_hash": sha256(doc["reference"]), "n_new_tokens": o["n_new_tokens"],
-            })
-        samples[task] = recs
-        res = {"alias": task}
-        for m in METRICS:
-            mean, se = mean_and_stderr([r[m] for r in recs])
-            res[f"{m},none"] = mean
-            res[f"{m}_stderr,none"] = se if se is not None else "N/A"
-        entries["results"][task] = res
-        entries["n-samples"][task] = {"original": len(all_docs), "effective": len(recs)}
-        entries["n-shot"][task] = 0
-        entries["versions"][task] = VERSION
-        entries["higher_is_better"][task] = dict(HIGHER_IS_BETTER)
-        entries["configs"][task] = {
-            "task": task, "output_type": "generate_until",
-            "metadata": {"upstream_task": UPSTREAM, "version": VERSION, "generator": "ftcompare.chat_eval"},
-            "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": HIGHER_IS_BETTER[m]}
-                            for m in METRICS],
-            "generation_kwargs": logged_kwargs,
-            "custom_dataset": f"held-out conversations of data config {data_cfg.name} (ftcompare.data)",
-        }
-        new_tokens = sum(r["n_new_tokens"] for r in recs)
-        replies = [r["resps"][0][0] for r in recs]
-        block[task] = {
-            "corpus_distinct_1": corpus_distinct_n(replies, 1), "corpus_distinct_2": corpus_distinct_n(replies, 2),
-            "settings": dict(setting), "seconds": round(seconds, 2), "new_tokens": new_tokens,
-            "tokens_per_second": round(new_tokens / seconds, 2) if seconds > 0 else None, "end_of_turn": eot,
-            "batch_size": gen.batch_size, "seed": gen.seed, "max_new_tokens": gen.max_new_tokens,
-        }
-        print(f"[generate] {task}: {len(recs)} prompts, stopped {res['stopped,none']:.0%}, "
-              f"chrF {res['chrf,none']:.1f}, {new_tokens} tokens in {seconds:.1f} s", flush=True)
-    return entries, samples, block
+# --------------------------------------------------------------------------------------------------
+# The ftc_chat_gen_* tasks: request kwargs, replies that carry their token counts, per-item metrics
+# --------------------------------------------------------------------------------------------------
+class ChatReply(str):
+    """A generated reply: its text (what lm-eval and the samples file see), plus what the text alone loses:
+    `stopped` (the end-of-turn token came within max_new_tokens), `length` (generated tokens before it) and
+    `n_new_tokens` (tokens generated, the end-of-turn token included).
+
+    Why a str subclass: lm-eval hands a generate_until response to the task untouched. The LM's generate_until
+    returns it, lm-eval appends it to Instance.resps, the default filter ("none" = take_first) puts the same
+    object into filtered_resps, and process_results(doc, [reply]) receives it; the samples file writes it as
+    a plain JSON string (json treats a str subclass as str). So the exact counts reach process_results with the
+    reply itself, no side channel keyed by prompt text, and anything that only wants the text sees a str."""
+
+    def __new__(cls, text: str, stopped: bool, length: int, n_new_tokens: int):
+        self = super().__new__(cls, text)
+        self.stopped, self.length, self.n_new_tokens = bool(stopped), int(length), int(n_new_tokens)
+        return self
+
+
+def task_generation_kwargs(setting: dict, gen: GenerationSettings, end_of_turn: str) -> dict:
+    """The generation_kwargs of task ftc_chat_gen_<setting> as the evaluate stage sets them from
+    evaluation.generation: generate() kwargs (generate_kwargs), `until` (the end-of-turn token: what the
+    replies stop on, as lm-eval names it) and REPLY_KWARG {batch_size, seed} (ftc-hf's chat-reply path)."""
+    return {**generate_kwargs(setting, gen.max_new_tokens), "until": [end_of_turn],
+            REPLY_KWARG: {"batch_size": gen.batch_size, "seed": gen.seed}}
+
+
+def chat_replies(model, tokenizer, prompts: list[str], gen_kwargs: dict, desc: str = "generate") -> list[ChatReply]:
+    """A task's requests (prompts in document order, their common generation_kwargs) -> ChatReply per prompt:
+    generate_replies with the kwargs minus `until` (generation stops on chat.stop_token_ids) and REPLY_KWARG."""
+    kw = dict(gen_kwargs)
+    opts = kw.pop(REPLY_KWARG)
+    kw.pop("until", None)
+    if not isinstance(opts, dict) or set(opts) != {"batch_size", "seed"}:
+        raise FtcError(f"generation_kwargs.{REPLY_KWARG} must be {{batch_size: N, seed: N}} (got {opts!r})")
+    outs = generate_replies(model, tokenizer, prompts, kw, int(opts["batch_size"]), int(opts["seed"]), desc=desc)
+    return [ChatReply(o["reply"], o["stopped"] == 1.0, int(o["length"]), o["n_new_tokens"]) for o in outs]
+
+
+def reply_metrics(reply, reference: str) -> dict[str, float]:
+    """process_results of the ftc_chat_gen_* tasks: the METRICS of one reply (floats), in that order."""
+    if not isinstance(reply, ChatReply):
+        raise FtcError("the ftc_chat_gen_* tasks need lm-eval model ftc-hf (ftcompare.fastlm, evaluation.lm_eval_model: "
+                       f"ftc-hf): the reply came back as a plain {type(reply).__name__}, without its stop flag and length")
+    text = str(reply)
+    return {"stopped": 1.0 if reply.stopped else 0.0, "length": float(reply.length), **text_metrics(text, reference)}
+
+
+def generation_block(replies: list[str], n_new_tokens: list[int], setting: dict, gen: GenerationSettings,
+                     end_of_turn: str, seconds: float) -> dict:
+    """results.json ftcompare.generation[<task>]: corpus distinct-n of the replies, what was asked, speed
+    (seconds = the generation itself, in ftc-hf)."""
+    new_tokens = sum(n_new_tokens)
+    return {
+        "corpus_distinct_1": corpus_distinct_n(replies, 1), "corpus_distinct_2": corpus_distinct_n(replies, 2),
+        "settings": dict(setting), "seconds": round(seconds, 2), "new_tokens": new_tokens,
+        "tokens_per_second": round(new_tokens / seconds, 2) if seconds > 0 else None, "end_of_turn": end_of_turn,
+        "batch_size": gen.batch_size, "seed": gen.seed, "max_new_tokens": gen.max_new_tokens,
+    }

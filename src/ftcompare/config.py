@@ -193,7 +193,9 @@ class ExperimentTrainConfig(TrainConfig):
 
 @dataclass
 class GenerationSettings:
-    """ftcompare's own generation evaluation (chat): replies to held-out prompts, one task per setting."""
+    """ftcompare's own generation evaluation (chat): replies to held-out prompts, one lm-eval task per setting
+    (ftc_chat_gen_<name>: lm-evaluation-harness/tasks/ftc_chitchat/ftc_chat_gen_<name>.yaml, run by ftc-hf; the
+    evaluate stage sets its documents, limit and generation_kwargs from these fields)."""
     data: str                        # configs/data/<name>.yaml (format chat): prompts from its held-out split
     n_prompts: int = 50
     max_new_tokens: int = 64

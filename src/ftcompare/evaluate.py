@@ -8,10 +8,13 @@
 
 Chat experiments (the experiment's data config has format chat): the tokenizer is loaded with the model's
 chat template (modeling.load_tokenizer(chat=True)) and the embeddings aligned to it; lm-eval tasks get the
-metadata ftcompare_model=<alias> (ftc_chitchat renders its prompts with that model's template); and the
-generation tasks of evaluation.generation (ftc_chat_gen_<setting>, ftcompare.chat_eval) run after the lm-eval
-tasks, written into the same results.json and samples files in lm-eval's schema. --limit N also caps the
-generation prompts (default: generation.n_prompts).
+metadata ftcompare_model=<alias> (ftc_chitchat renders its prompts with that model's template). The generation
+tasks of evaluation.generation (ftc_chat_gen_<setting>: lm-eval generate_until tasks, one YAML per setting under
+lm-evaluation-harness/tasks/ftc_chitchat/) run like the others, on ftc-hf only: their documents come from
+generation.data (task metadata `data`), their generation_kwargs are set from generation (max_new_tokens,
+batch_size, seed, the setting: chat_eval.task_generation_kwargs), their limit is generation.n_prompts (--limit N
+overrides it too); each sample record gets the reply's n_new_tokens, and results.json's ftcompare.generation the
+corpus distinct-n and speed of each (chat_eval.generation_block).
 
 What is evaluated comes from the experiment config (evaluation: tasks, num_fewshot, limit per task,
 batch size, seed, bootstrap iterations; the task YAMLs under lm-evaluation-harness/tasks/ via include_path).
@@ -84,11 +87,6 @@ class EvalPlan:
         return [t for t in self.tasks if t in names]
 
     @property
-    def lm_eval_tasks(self) -> list[str]:
-        gen = set(self.generation_tasks)
-        return [t for t in self.tasks if t not in gen]
-
-    @property
     def out_dir(self) -> Path:
         return paths.eval_dir(self.experiment, self.model, self.method, self.variant or "merged", self.run_seed)
 
@@ -122,9 +120,10 @@ class EvalPlan:
 
 
 def chat_code_hash() -> str:
-    """sha256 of the code that renders chat prompts and runs/scores generation: chat_eval.py and every
-    ftcompare module it imports (chat.py, data.py, ...)."""
-    return closure_hash("chat_eval")
+    """sha256 of the code that renders chat prompts and runs/scores generation: fastlm.py (ftc-hf, which hands
+    the generation tasks' requests to chat_eval) and every ftcompare module it imports (chat_eval, chat, data,
+    ...)."""
+    return closure_hash("fastlm")
 
 
 def _version(dist: str) -> str | None:
@@ -198,6 +197,9 @@ def build_plan(experiment: str, model: str, method: str, variant: str = "merged"
                           "no evaluation.generation")
                        + f"; valid tasks: {', '.join(ev.all_tasks())}")
     generation = ev.generation if any(t in gen_names for t in tasks) else None
+    if generation is not None and ev.lm_eval_model != "ftc-hf":
+        raise FtcError(f"the generation tasks {', '.join(t for t in tasks if t in gen_names)} need evaluation.lm_eval_model "
+                       f"ftc-hf (ftcompare.fastlm; got {ev.lm_eval_model}): fix configs/experiments/{experiment}.yaml")
     is_chat = config.load("data", exp.data).format == "chat"
     if generation is not None and config.load("data", generation.data).format != "chat":
         raise FtcError(f"evaluation.generation.data '{generation.data}' is not a chat data config (format: chat); "
@@ -374,36 +376,40 @@ def sample_lines(samples: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run_task(lm, task: str, plan: EvalPlan, task_manager) -> dict:
-    """One task through lm-eval's own entry point, on the already-loaded model."""
+def _run_task(lm, task, plan: EvalPlan, task_manager) -> dict:
+    """One task (a name, or a built lm-eval Task) through lm-eval's own entry point, on the already-loaded model."""
     import lm_eval
 
+    name = task if isinstance(task, str) else task.task_name
     return lm_eval.simple_evaluate(
-        model=lm, tasks=[task], num_fewshot=plan.num_fewshot[task], limit=plan.limit[task],
+        model=lm, tasks=[task], num_fewshot=plan.num_fewshot[name], limit=plan.limit[name],
         batch_size=plan.batch_size, max_batch_size=plan.max_batch_size, bootstrap_iters=plan.bootstrap_iters,
         log_samples=True, task_manager=task_manager, random_seed=plan.seed, numpy_random_seed=plan.seed,
         torch_random_seed=plan.seed, fewshot_random_seed=plan.seed)
 
 
-def _run_generation(model, tokenizer, plan: EvalPlan, results: dict, samples: dict) -> tuple[dict, dict]:
-    """The generation tasks (ftcompare.chat_eval), merged into `results` and `samples` in lm-eval's schema.
-    -> (the ftcompare.generation block, seconds per task)."""
-    import dataclasses
+def _generation_task(plan: EvalPlan, task: str, task_manager, end_of_turn: str):
+    """The lm-eval Task ftc_chat_gen_<setting>, its generation_kwargs replaced (not merged) by those of
+    evaluation.generation, so that nothing of the YAML's defaults remains."""
+    from .chat_eval import task_generation_kwargs
 
-    from .chat_eval import run_generation
+    obj = task_manager.load([task])["tasks"][task]
+    setting = plan.generation.settings[task[len(config.GENERATION_TASK_PREFIX):]]
+    obj.set_config(key="generation_kwargs", value=task_generation_kwargs(setting, plan.generation, end_of_turn))
+    return obj
 
-    gen = plan.generation
-    names = plan.generation_tasks
-    prefix = config.GENERATION_TASK_PREFIX
-    gen = dataclasses.replace(gen, settings={t[len(prefix):]: gen.settings[t[len(prefix):]] for t in names})
-    n_prompts = plan.limit[names[0]]
-    print(f"[evaluate] {_label(plan)}: generation {', '.join(names)} ({n_prompts} prompts of {gen.data}, "
-          f"max {gen.max_new_tokens} new tokens, batch {gen.batch_size})", flush=True)
-    entries, gen_samples, block = run_generation(model, tokenizer, gen, config.load("data", gen.data), n_prompts)
-    for key, per in entries.items():
-        results.setdefault(key, {}).update(per)
-    samples.update(gen_samples)
-    return block, {t: block[t]["seconds"] for t in names}
+
+def _finish_generation(plan: EvalPlan, task: str, records: list[dict], end_of_turn: str, seconds: float) -> dict:
+    """Each sample record of generation task `task` gets its reply's n_new_tokens (the ChatReply ftc-hf returned,
+    still in memory); -> the task's ftcompare.generation entry (chat_eval.generation_block)."""
+    from .chat_eval import generation_block
+
+    replies = [r["filtered_resps"][0] for r in records]
+    for r, reply in zip(records, replies):
+        r["n_new_tokens"] = reply.n_new_tokens
+    setting = plan.generation.settings[task[len(config.GENERATION_TASK_PREFIX):]]
+    return generation_block([str(x) for x in replies], [r["n_new_tokens"] for r in records], setting,
+                            plan.generation, end_of_turn, seconds)
 
 
 def combine(per_task: dict[str, dict]) -> tuple[dict, dict[str, list]]:
@@ -433,15 +439,26 @@ def run(plan: EvalPlan) -> dict:
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import hash_string, make_table
 
+    from .chat import end_of_turn as chat_end_of_turn
+
     # every task's metadata (and so a custom_dataset's keyword arguments) names the evaluated model: ftc_chitchat
     # renders its prompts with that model's chat template
     tm = TaskManager(include_path=plan.include_path, include_defaults=plan.include_defaults,
                      metadata={"ftcompare_model": plan.model})
-    unknown = [t for t in plan.lm_eval_tasks if t not in tm.all_tasks]
+    gen_tasks = plan.generation_tasks
+    where = _rel(plan.include_path) if plan.include_path else "lm-eval's built-in tasks"
+    missing = [t for t in gen_tasks if t not in tm.all_tasks]
+    if missing:
+        raise FtcError(f"generation task(s) {', '.join(missing)} of evaluation.generation.settings have no task YAML in "
+                       f"{where}: add e.g. ftc_chitchat/{missing[0]}.yaml (include: _ftc_chat_gen.yaml, task: "
+                       f"{missing[0]}) or drop the setting")
+    unknown = [t for t in plan.tasks if t not in tm.all_tasks]
     if unknown:
-        where = _rel(plan.include_path) if plan.include_path else "lm-eval's built-in tasks"
         valid = f"; valid: {', '.join(tm.all_subtasks)}" if len(tm.all_subtasks) <= 50 else ""
         raise FtcError(f"unknown task(s) {', '.join(unknown)} in {where}{valid}")
+    # the generation tasks' documents: the held-out conversations of evaluation.generation.data
+    gen_tm = TaskManager(include_path=plan.include_path, include_defaults=plan.include_defaults,
+                         metadata={"ftcompare_model": plan.model, "data": plan.generation.data}) if gen_tasks else None
 
     out = plan.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -457,17 +474,23 @@ def run(plan: EvalPlan) -> dict:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=plan.batch_size, **kw)
     load_s = time.time() - t0
 
-    per_task, seconds = {}, {}
-    for task in plan.lm_eval_tasks:
+    per_task, seconds, generation = {}, {}, {}
+    eot = chat_end_of_turn(tokenizer) if gen_tasks else None
+    for task in plan.tasks:
         t = time.time()
         print(f"[evaluate] {_label(plan)}: {task} (n-shot {plan.num_fewshot[task]}, limit {plan.limit[task]})", flush=True)
-        per_task[task] = _run_task(lm, task, plan, tm)
+        if task in gen_tasks:
+            lm.chat_reply_runs.clear()
+            per_task[task] = _run_task(lm, _generation_task(plan, task, gen_tm, eot), plan, gen_tm)
+            generation[task] = _finish_generation(plan, task, per_task[task]["samples"][task], eot,
+                                                  sum(r["seconds"] for r in lm.chat_reply_runs))
+            res, g = per_task[task]["results"][task], generation[task]
+            print(f"[generate] {task}: {len(per_task[task]['samples'][task])} prompts, stopped {res['stopped,none']:.0%}, "
+                  f"chrF {res['chrf,none']:.1f}, {g['new_tokens']} tokens in {g['seconds']:.1f} s", flush=True)
+        else:
+            per_task[task] = _run_task(lm, task, plan, tm)
         seconds[task] = round(time.time() - t, 2)
     results, samples = combine(per_task)
-    generation = {}
-    if plan.generation_tasks:
-        generation, gen_seconds = _run_generation(model, tokenizer, plan, results, samples)
-        seconds.update(gen_seconds)
     results["task_hashes"] = {t: hash_string("".join(s["doc_hash"] + s["prompt_hash"] + s["target_hash"] for s in ss))
                               for t, ss in samples.items()}
 

@@ -16,6 +16,12 @@ This subclass changes only *how* the numbers are computed, not *which* numbers:
 - generate_until: the prompts of a batch share a token prefix (the few-shot examples). It is prefilled once,
   its KV cache copied to every row, and each row's own suffix follows after a masked gap; stop strings are
   checked per row (stock checks them per batch) and the batch ends when every row has stopped.
+- generate_until of ftcompare's chat generation tasks (ftc_chat_gen_*, recognised by the generation_kwargs key
+  `ftc_chat_reply` = {batch_size, seed}; the key never reaches transformers): all requests of the call, in
+  lm-eval's document order, go to ftcompare.chat_eval.generate_replies (batches of batch_size, left-padded,
+  torch seeded once, stopping on the chat template's end-of-turn token), and each reply returns as a
+  chat_eval.ChatReply (a str carrying its stop flag and token length for the task's process_results). Stock
+  HFLM sorts requests by length and has no per-reply token counts, so these tasks run on ftc-hf only.
 
 Each request returns (sum of log-probs, is-greedy) as stock does. The arithmetic is the same up to floating
 point order: tests/test_fastlm.py checks every log-likelihood against stock HFLM (|d| < 1e-4) and identical
@@ -43,6 +49,8 @@ class FtcHF(HFLM):
         super().__init__(*args, **kwargs)
         self.max_group_tokens = int(max_group_tokens)
         self.generation_batch_size = generation_batch_size
+        # one {"prompts", "seconds"} per chat-reply generate_until call (the evaluate stage reads its speed here)
+        self.chat_reply_runs: list[dict] = []
 
     # ------------------------------------------------------------------------------------------------
     # loglikelihood
@@ -160,6 +168,11 @@ class FtcHF(HFLM):
     # generate_until
     # ------------------------------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False):
+        from .chat_eval import REPLY_KWARG
+
+        chat = [REPLY_KWARG in r.args[1] for r in requests]
+        if any(chat):
+            return self._chat_replies(requests, all(chat))
         if self.generation_batch_size is None:
             return super().generate_until(requests, disable_tqdm)
         saved = self.batch_size_per_gpu
@@ -168,6 +181,24 @@ class FtcHF(HFLM):
             return super().generate_until(requests, disable_tqdm)
         finally:
             self.batch_size_per_gpu = saved
+
+    def _chat_replies(self, requests, all_chat: bool):
+        """The ftc_chat_gen_* requests of one lm-eval call (one task: one setting) -> ChatReply per request, in
+        the requests' order (lm-eval's: by document)."""
+        import time
+
+        from .chat_eval import REPLY_KWARG, chat_replies
+        from .errors import FtcError
+
+        kwargs = requests[0].args[1]
+        if not all_chat or any(r.args[1] != kwargs for r in requests):
+            raise FtcError(f"generate_until got chat-reply requests ({REPLY_KWARG}) mixed with others or with "
+                           "different generation_kwargs: run one ftc_chat_gen_* task per lm-eval call")
+        t0 = time.time()
+        out = chat_replies(self.model, self.tokenizer, [r.args[0] for r in requests], kwargs,
+                           desc=f"chat replies ({REPLY_KWARG})")
+        self.chat_reply_runs.append({"prompts": len(out), "seconds": time.time() - t0})
+        return out
 
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
         if self.backend != "causal" or generation_kwargs.get("do_sample"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import FtcError
 
-__all__ = ["FtcError", "chat_documents", "hellaswag_rows", "olmo_dataset_dir", "olmo_file"]
+__all__ = ["FtcError", "chat_documents", "chat_reply_metrics", "hellaswag_rows", "olmo_dataset_dir", "olmo_file"]
 
 
 def hellaswag_rows(split: str) -> list[dict]:
@@ -36,8 +36,8 @@ def olmo_dataset_dir(*parts: str) -> Path:
 
 
 def chat_documents(data: str, model: str) -> list[dict]:
-    """The held-out conversations of chat data config `data` (the same documents, in the same order, as the
-    generation prompts: chat_eval.held_out), each rendered with model `model`'s chat template:
+    """The held-out conversations of chat data config `data` (chat_eval.held_out: ftc_chitchat's documents, and
+    the first n of them the ftc_chat_gen_* tasks' prompts), each rendered with model `model`'s chat template:
     -> [{id, messages (the history), reference, context (up to the generation prompt),
          continuation (reference + the template's end-of-turn token)}]."""
     from . import chat, config
@@ -48,3 +48,11 @@ def chat_documents(data: str, model: str) -> list[dict]:
     eot = chat.end_of_turn(tok)
     return [{**d, "context": chat.render(tok, d["messages"], add_generation_prompt=True),
              "continuation": d["reference"] + eot} for d in held_out(config.load("data", data))]
+
+
+def chat_reply_metrics(reply, reference: str) -> dict[str, float]:
+    """process_results of the ftc_chat_gen_* tasks (chat_eval.reply_metrics): stopped, length, chrf, bleu, rougeL,
+    distinct_1, distinct_2 of one reply (a chat_eval.ChatReply from ftc-hf; any other object: FtcError)."""
+    from .chat_eval import reply_metrics
+
+    return reply_metrics(reply, reference)
