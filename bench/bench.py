@@ -69,6 +69,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--methods", nargs="+", default=["full", "lora", "qlora"])
     ap.add_argument("--batch", type=int, default=8, help="per-device training batch")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="training overrides for every method, e.g. train.padding_free=true train.optim=adamw_torch_fused")
     args = ap.parse_args()
     from ftcompare.cost import WARMUP_STEPS
 
@@ -87,7 +89,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ftcompare-bench-"))
     try:
         overrides = [f"train.max_steps={args.steps}", f"train.save_steps={args.steps}", "data.n_val=16",
-                     "train.warmup_steps=0", f"train.per_device_train_batch_size={args.batch}"]
+                     "train.warmup_steps=0", f"train.per_device_train_batch_size={args.batch}", *args.set]
         model = args.model
         if args.arch:
             path = build_arch(args.arch, work / f"arch-{args.arch}", args.device)
@@ -118,7 +120,7 @@ def table(rows, args) -> str:
     hw, peak = s0["manifest"]["hardware"], s0["manifest"].get("matmul_peak") or {}
     what = f"random-initialised {args.arch} (bench/arch.yaml)" if args.arch else f"model {args.model}"
     where = hw["gpu"] or f"{hw['cpu']} x{hw['cores']} cores"
-    lines = [f"\n{what}, {args.steps} steps x batch {args.batch}, first {s0['cost']['warmup_steps_excluded_per_process']}"
+    lines = [f"\n{what}, {args.steps} steps x batch {args.batch}{', ' + ' '.join(args.set) if args.set else ''}, first {s0['cost']['warmup_steps_excluded_per_process']}"
              f" left out of the rates; {where}; MFU against each process's own matmul peak "
              f"({peak.get('dtype')} {peak.get('n')}x{peak.get('n')}, {peak.get('threads')} threads); "
              f"memory: {s0['cost']['memory_kind']}",

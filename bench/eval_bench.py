@@ -25,7 +25,17 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from ftcompare import config, paths  # noqa: E402
 
-METRICS = ("acc", "acc_norm", "exact_match")
+METRICS = ("acc", "acc_norm", "exact_match", "gold_bpb")
+CONTINUOUS = {"gold_bpb": 1e-5}  # a mean of log-likelihoods: equal up to float summation order (|d| <= this)
+
+
+def same(key: str, a, b) -> bool:
+    tol = CONTINUOUS.get(key.split(",")[0])
+    return a == b if tol is None else (b is not None and abs(a - b) <= tol)
+
+
+def same_task(sa: dict, sb: dict) -> bool:
+    return sa.keys() == sb.keys() and all(same(k, sa[k], sb[k]) for k in sa)
 
 
 def scores(results: dict, task: str) -> dict[str, float]:
@@ -35,7 +45,7 @@ def scores(results: dict, task: str) -> dict[str, float]:
 
 def run_stock(model_path: Path, exp: config.ExperimentConfig, tasks: list[str], limit: int | None, out: Path):
     ev = exp.evaluation
-    total, res = 0.0, {}
+    total, res, per_task = 0.0, {}, {}
     for task in tasks:
         cmd = [str(ROOT / ".venv/bin/lm_eval"), "--model", "hf",
                "--model_args", f"pretrained={model_path},dtype={'float32'}",
@@ -50,12 +60,13 @@ def run_stock(model_path: Path, exp: config.ExperimentConfig, tasks: list[str], 
             cmd += ["--limit", str(lim)]
         t = time.perf_counter()
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        total += time.perf_counter() - t
+        per_task[task] = time.perf_counter() - t
+        total += per_task[task]
         if r.returncode != 0:
             raise SystemExit(f"error: stock lm_eval failed on {task}:\n{r.stderr[-2000:]}")
         f = sorted((out / task).rglob("results_*.json"))[-1]
         res[task] = scores(json.loads(f.read_text()), task)
-    return total, res
+    return total, res, per_task
 
 
 def main() -> int:
@@ -70,18 +81,19 @@ def main() -> int:
     variants = args.variants or ["base"] + [m for m in exp.methods
                                             if (paths.run_dir(args.experiment, args.model, m) / "merged" /
                                                 "merge_manifest.json").is_file()]
-    rows = []
+    rows, times = [], []
     for v in variants:
         model_path = (paths.base_dir(args.model) if v == "base"
                       else paths.run_dir(args.experiment, args.model, v) / "merged")
         with tempfile.TemporaryDirectory() as tmp:
-            stock_s, stock = run_stock(model_path, exp, tasks, args.limit, Path(tmp) / "stock")
+            stock_s, stock, stock_t = run_stock(model_path, exp, tasks, args.limit, Path(tmp) / "stock")
             # ftcompare writes to its fixed evaluation folder: evaluate into a copy of the project layout
-            ftc_s, ftc = run_ftc_isolated(args.experiment, args.model, v, args.limit, Path(tmp) / "ftc")
+            ftc_s, ftc, ftc_t = run_ftc_isolated(args.experiment, args.model, v, args.limit, Path(tmp) / "ftc")
         rows.append((v, stock_s, ftc_s, stock, ftc))
-        same = all(stock[t] == ftc[t] for t in tasks)
+        times.append((v, stock_t, ftc_t))
+        ok_v = all(same_task(stock[t], ftc[t]) for t in tasks)
         print(f"[bench] {v}: stock CLI {stock_s:.1f} s, ftcompare {ftc_s:.1f} s, ratio {ftc_s / stock_s:.2f}, "
-              f"scores identical: {same}", flush=True)
+              f"scores identical: {ok_v}", flush=True)
 
     import platform
 
@@ -94,12 +106,18 @@ def main() -> int:
         cells = []
         for t in tasks:
             for k in sa[t]:
-                mark = "" if sa[t][k] == sb[t].get(k) else "  DIFFERENT"
+                mark = "" if same(k, sa[t][k], sb[t].get(k)) else "  DIFFERENT"
                 cells.append(f"{t.replace('ftc_', '')}/{k.split(',')[0]}{'/' + k.split(',')[1] if k.split(',')[1] != 'none' else ''}"
-                             f" {sa[t][k]:.4f} | {sb[t].get(k, float('nan')):.4f}{mark}")
+                             f" {sa[t][k]:.{6 if k.split(',')[0] in CONTINUOUS else 4}f} | {sb[t].get(k, float('nan')):.{6 if k.split(',')[0] in CONTINUOUS else 4}f}{mark}")
         print(f"{v:10} {a:8.1f} {b:8.1f} {b / a:6.2f}  " + "; ".join(cells))
-    ok = all(sa[t] == sb[t] for _, _, _, sa, sb in rows for t in tasks)
-    print("scores identical in every variant and task" if ok else "SCORES DIFFER (see DIFFERENT above)")
+    print("\nseconds per task: stock = its whole CLI call (start-up, task index, model load, run); ftcompare = the "
+          "task inside one process (after one model load)")
+    print(f"{'variant':10} " + " ".join(f"{t.replace('ftc_', '')[:14]:>22}" for t in tasks) + f" {'ftc load+start-up':>18}")
+    for v, st, ft in times:
+        print(f"{v:10} " + " ".join(f"{st[t]:9.1f} | {ft[t]:9.1f} ".rjust(22) for t in tasks)
+              + f" {ft['_rest']:18.1f}")
+    ok = all(same_task(sa[t], sb[t]) for _, _, _, sa, sb in rows for t in tasks)
+    print("scores identical in every variant and task (gold_bpb: within 1e-5)" if ok else "SCORES DIFFER (see DIFFERENT above)")
     return 0 if ok else 1
 
 
@@ -121,7 +139,9 @@ def run_ftc_isolated(experiment: str, model: str, variant: str, limit: int | Non
     if r.returncode != 0:
         raise SystemExit(f"error: ftcompare evaluate failed:\n{r.stderr[-2000:]}")
     res = json.loads(next((root / "evaluation_results").rglob("results.json")).read_text())
-    return wall, {t: scores(res, t) for t in res["ftcompare"]["tasks"]}
+    per_task = dict(res["ftcompare"]["seconds_per_task"])
+    per_task["_rest"] = wall - sum(per_task.values())
+    return wall, {t: scores(res, t) for t in res["ftcompare"]["tasks"]}, per_task
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ so LoRA-family runs use 4 N_frozen + 6 N_trainable. Activation checkpointing's r
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -51,10 +52,17 @@ def rss_mb() -> float:
 
 def matmul_peak(seconds: float = 2.0) -> dict:
     """The device's matmul throughput, measured: a square matmul (fp32 on CPU, bf16 on GPU) timed a few times,
-    best of them (a few seconds at most). The denominator of MFU."""
+    best of them (a few seconds at most). The denominator of MFU. Measured once per process and thread count
+    (a search calls train() once per trial)."""
     import torch
 
-    cuda = torch.cuda.is_available()
+    return dict(_matmul_peak(seconds, torch.cuda.is_available(), torch.get_num_threads()))
+
+
+@functools.lru_cache(maxsize=None)
+def _matmul_peak(seconds: float, cuda: bool, threads: int) -> dict:
+    import torch
+
     n, dtype = (8192, torch.bfloat16) if cuda else (1024, torch.float32)
     a = torch.randn(n, n, dtype=dtype, device="cuda" if cuda else "cpu")
     b = torch.randn(n, n, dtype=dtype, device=a.device)

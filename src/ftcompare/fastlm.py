@@ -7,15 +7,19 @@ prompt in full, although all GSM8K CoT prompts start with the same 8 worked exam
 
 This subclass changes only *how* the numbers are computed, not *which* numbers:
 
-- loglikelihood: requests are grouped by their (left-truncated, as stock) context. A batch of contexts is
-  prefilled once (right-padded, explicit position ids; a token prefix all of them share, such as GSM8K's 8
-  worked examples, prefilled once for the batch), keeping the vocabulary logits of each context's last
-  position only; then every continuation of every context in the batch runs as one row on top of its
-  context's KV cache (the cache rows repeated per continuation, the context's padding masked out).
-  Continuations of one token (MMLU's " A".." D") need no second pass at all.
+- loglikelihood: requests are grouped by their (left-truncated, as stock) context, and each context becomes
+  one packed row: the context, then each of its continuations' tokens but the last, one after the other. An
+  attention mask lets a continuation token see its context and the earlier tokens of its own continuation
+  only, and its position ids continue from the context's end, so every log-probability is the one a separate
+  row would give; the context runs once, and there is no padding between a short ending and a long one. A
+  token prefix all contexts of a batch share (GSM8K's 8 worked examples) is prefilled once and its KV cache
+  repeated per row. Vocabulary logits are computed only at positions whose log-probability is read. HellaSwag
+  at n=200 on SmolLM2's tokenizer needs 32,536 token positions (plus padding between rows); stock runs 62,008.
 - generate_until: the prompts of a batch share a token prefix (the few-shot examples). It is prefilled once,
   its KV cache copied to every row, and each row's own suffix follows after a masked gap; stop strings are
-  checked per row (stock checks them per batch) and the batch ends when every row has stopped.
+  checked per row (stock checks them per batch). Plain greedy decoding runs in our own loop, which drops a row
+  from the batch (its KV cache rows too) as soon as it stops: generate() keeps computing finished rows until
+  the last one stops, and on GSM8K a few rows run to max_gen_toks while most stop within ~60 tokens.
 - generate_until of ftcompare's chat generation tasks (ftc_chat_gen_*, recognised by the generation_kwargs key
   `ftc_chat_reply` = {batch_size, seed}; the key never reaches transformers): all requests of the call, in
   lm-eval's document order, go to ftcompare.chat_eval.generate_replies (batches of batch_size, left-padded,
@@ -42,7 +46,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 class FtcHF(HFLM):
     """HFLM that scores each context once and shares few-shot prefixes in generation.
 
-    `max_group_tokens` caps the tokens of one continuation forward (rows x padded length): larger is faster
+    `max_group_tokens` caps the tokens of one log-likelihood forward (rows x padded length): larger is faster
     until memory runs out; it never changes a score beyond float rounding."""
 
     def __init__(self, *args, max_group_tokens: int = 8192, generation_batch_size: int | None = None, **kwargs):

@@ -1,6 +1,7 @@
 """Building blocks: load a base model / tokenizer for a run, apply a method (full, LoRA, QLoRA)."""
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -165,7 +166,61 @@ def build_for_training(run: RunConfig, tokenizer=None):
             raise FtcError(f"model '{run.model.alias}' has no module(s) named {missing}; fix lora_target_modules "
                            f"in configs/models/{run.model.alias}.yaml")
         model = get_peft_model(model, lora_config(run, new_ids))
+        fast_dropout(model)
     return model
+
+
+@functools.lru_cache(maxsize=1)
+def _dropout_class():
+    import torch
+
+    class _MaskedScale(torch.autograd.Function):
+        """y = x * keep * scale, the boolean keep-mask saved for the backward pass (as nn.Dropout does)."""
+
+        @staticmethod
+        def forward(ctx, x, keep, scale: float):
+            ctx.save_for_backward(keep)
+            ctx.scale = scale
+            return x.mul(keep).mul_(scale)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (keep,) = ctx.saved_tensors
+            return grad.mul(keep).mul_(ctx.scale), None, None
+
+    class FastDropout(torch.nn.Dropout):
+        """nn.Dropout with the same p and 1/(1-p) scaling whose keep-mask comes from 16-bit random integers,
+        four from each 64-bit draw of torch's generator, instead of one Bernoulli draw per element: on a CPU,
+        torch's bernoulli_ was 18% of a LoRA training step on 135m (torch.profiler, 420 calls in 2 steps). p is
+        rounded to a multiple of 1/65536 (0.05 -> 0.050003). Same generator, so seeding and exact resume hold."""
+
+        def forward(self, x):
+            if not self.training or self.p == 0:
+                return x
+            n = x.numel()
+            bits = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+            keep = bits.view(torch.int16)[:n].view(x.shape) >= round(self.p * 65536) - 32768
+            return _MaskedScale.apply(x, keep, 1.0 / (1.0 - self.p))
+
+    return FastDropout
+
+
+def fast_dropout(model) -> int:
+    """Replace the LoRA dropout modules (peft's nn.Dropout, p > 0) of a model on the CPU with FastDropout: the
+    same distribution, drawn faster. On a GPU nn.Dropout is one fused kernel and stays. -> modules replaced."""
+    import torch
+
+    if next(model.parameters()).device.type != "cpu":
+        return 0
+    cls, n = _dropout_class(), 0
+    for module in model.modules():
+        drops = getattr(module, "lora_dropout", None)
+        if isinstance(drops, torch.nn.ModuleDict):
+            for name, d in list(drops.items()):
+                if type(d) is torch.nn.Dropout and d.p > 0:
+                    drops[name] = cls(d.p)
+                    n += 1
+    return n
 
 
 def precision(model, bf16: bool) -> dict:
