@@ -17,11 +17,12 @@ TINY = {"data.n_train": 16, "data.n_val": 8, "train.max_steps": 2, "train.per_de
         "train.warmup_steps": 0, "train.num_threads": 1}
 SEEDS = (42, 43)
 
-# sha256 of models/default/135m/<method>/resolved.json as `make` wrote it before seeds existed (the default
-# experiment's real runs): the same bytes mean `ftcompare resolve` rewrites no stamp and nothing re-trains.
-DEFAULT_STAMPS = {"full": "51e33e9210000c9e26cf543c13fae2dd6624986147ab8753a7c7de76b9316089",
-                  "lora": "e26a0e579104928b01297e3d66c9d966934f6ce517091d212335ee2d07556a9e",
-                  "qlora": "74796d6297bb2a46c554ffba958016da5e17d54fccc2ed4456b55dc7285a980b"}
+# sha256 of models/default/135m/<method>/resolved.json for the default experiment as committed (recomputed when
+# default.yaml itself changed: padding-free batches and fused AdamW): the seeds code path must write the very
+# bytes of a plain single-seed resolve, so `ftcompare resolve` rewrites no stamp and nothing re-trains.
+DEFAULT_STAMPS = {"full": "96daf836f993824d0c471773b02cf8ff278e6d1b7dfd03ba5018c3e0bb16f2c4",
+                  "lora": "324f0568143a622134f17122b6b42ec84551660957095359f981911b9abd1d2c",
+                  "qlora": "c1f8b555eefc7d2fbc14e5d778e8392b57e8992927981833c5292dfc6c650401"}
 
 
 @pytest.fixture()
