@@ -53,3 +53,44 @@ def test_token_counts(runs, method):
     # padded batches compute pad positions; the flattened ones compute exactly the real tokens
     assert padded[0].summary["tokens_processed"] > padded[0].summary["tokens_seen"]
     assert packed[0].summary["tokens_processed"] == packed[0].summary["tokens_seen"]
+
+
+def test_segment_attention_matches_masked_sdpa(tiny_model_dir, tmp_path, monkeypatch):
+    """modeling.segment_sdpa (per-example attention in a flattened row) gives transformers' sdpa numbers for
+    the same row (whose block-diagonal mask covers the whole row): logits and gradients; it really runs; and a
+    saved model does not carry the custom attention name."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ftcompare import modeling
+
+    torch.manual_seed(0)
+    lens = [5, 11, 3, 9]
+    ids = torch.randint(3, 100, (1, sum(lens)))
+    pos = torch.cat([torch.arange(n) for n in lens])[None]
+    out = {}
+    for name in ("sdpa", "segment"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+        calls = []
+        if name == "segment":
+            real = modeling.segment_sdpa
+            monkeypatch.setattr(modeling, "segment_sdpa", lambda *a, **k: calls.append(1) or real(*a, **k))
+            assert modeling.use_segment_attention(model)
+        res = model(input_ids=ids, position_ids=pos, labels=ids, use_cache=False)  # (a cache turns off packing)
+        res.loss.backward()
+        out[name] = (res.logits.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone())
+        if name == "segment":
+            assert len(calls) == model.config.num_hidden_layers
+            model.save_pretrained(tmp_path / "saved")
+            assert modeling.SEGMENT_ATTENTION not in (tmp_path / "saved" / "config.json").read_text()
+    assert torch.allclose(out["sdpa"][0], out["segment"][0], atol=1e-5)
+    assert torch.allclose(out["sdpa"][1], out["segment"][1], atol=1e-6)
+    # and attention really stays within each example: a different first example leaves the others' logits
+    ids2 = ids.clone()
+    ids2[0, :lens[0]] = torch.randint(3, 100, (lens[0],))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    modeling.use_segment_attention(model)
+    with torch.no_grad():
+        a = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        b = model(input_ids=ids2, position_ids=pos, use_cache=False).logits
+    assert torch.allclose(a[0, lens[0]:], b[0, lens[0]:], atol=1e-6) and not torch.allclose(a[0, :lens[0]], b[0, :lens[0]])

@@ -155,6 +155,8 @@ def build_for_training(run: RunConfig, tokenizer=None):
     # fp32 while LoRA's stay bf16, a difference that is not the method.
     model = load_base(run.model, run.method, dtype=None if run.method.uses_adapter else "float32")
     model.config.use_cache = False
+    if run.train.padding_free:
+        use_segment_attention(model)
     new_ids = align_vocab(model, tokenizer, run.train.seed) if tokenizer is not None else []
     if run.method.uses_adapter:
         from peft import get_peft_model
@@ -253,3 +255,57 @@ def count_params(model) -> tuple[int, int]:
         if p.requires_grad:
             trainable += n
     return trainable, total
+
+
+SEGMENT_ATTENTION = "ftc_segment_sdpa"
+
+
+def _segment_bounds(pos, _last: list = [None, None]) -> list[tuple[int, int]] | None:
+    """[(start, end)] of the examples of one flattened row (its position ids restart at 0 at each example), or None
+    if `pos` is not such a row. Every layer of one forward gets the same tensor: computed once per forward."""
+    if _last[0] is pos:
+        return _last[1]
+    starts = (pos[0] == 0).nonzero().flatten().tolist()
+    bounds = None
+    if starts and starts[0] == 0:
+        bounds = list(zip(starts, starts[1:] + [pos.shape[1]]))
+    _last[0], _last[1] = pos, bounds
+    return bounds
+
+
+def segment_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """Attention for padding-free training: torch's scaled_dot_product_attention run causally on each example of
+    the flattened row apart. transformers' own sdpa path for such a row builds a block-diagonal mask over the whole
+    row, so it computes (and on a CPU pays for) attention between every pair of positions of the micro-batch,
+    ~8x the pairs that count at 8 examples per row; here only the pairs within an example are computed. Any other
+    input (a mask, a batch of rows, a KV cache, no position ids) goes to transformers' sdpa unchanged."""
+    import torch
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    pos = kwargs.get("position_ids")
+    bounds = None
+    if (attention_mask is None and pos is not None and query.shape[0] == 1 and pos.shape == (1, query.shape[2])
+            and key.shape[2] == query.shape[2]):
+        bounds = _segment_bounds(pos)
+    if bounds is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    n_rep = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
+    out = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout, scale=scaling, is_causal=True)
+        for a, b in bounds], dim=2)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_segment_attention(model) -> bool:
+    """Switch a model that uses sdpa to segment_sdpa (registered with transformers' AttentionInterface; no mask
+    function is registered, so transformers builds no mask for it). Other implementations (eager, flash) stay.
+    -> whether it switched."""
+    from transformers import AttentionInterface
+
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    AttentionInterface.register(SEGMENT_ATTENTION, segment_sdpa)
+    model.set_attn_implementation(SEGMENT_ATTENTION)
+    return True
