@@ -292,9 +292,12 @@ def segment_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0
                                       **kwargs)
     n_rep = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
-    out = torch.cat([torch.nn.functional.scaled_dot_product_attention(
-        query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout, scale=scaling, is_causal=True)
-        for a, b in bounds], dim=2)
+    sizes = [b - a for a, b in bounds]
+    # split, not slicing: the backward of a split is one concatenation, that of each slice a zero-filled full-size
+    # gradient added to the others (1.7x slower per layer for 8 examples of ~110 tokens)
+    out = torch.cat([torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling,
+                                                                      is_causal=True)
+                     for q, k, v in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2))], dim=2)
     return out.transpose(1, 2).contiguous(), None
 
 
