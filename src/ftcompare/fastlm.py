@@ -13,8 +13,7 @@ This subclass changes only *how* the numbers are computed, not *which* numbers:
   only, and its position ids continue from the context's end, so every log-probability is the one a separate
   row would give; the context runs once, and there is no padding between a short ending and a long one. A
   token prefix all contexts of a batch share (GSM8K's 8 worked examples) is prefilled once and its KV cache
-  repeated per row. Vocabulary logits are computed only at positions whose log-probability is read. HellaSwag
-  at n=200 on SmolLM2's tokenizer needs 32,536 token positions (plus padding between rows); stock runs 62,008.
+  repeated per row. Vocabulary logits are computed only at positions whose log-probability is read.
 - generate_until: the prompts of a batch share a token prefix (the few-shot examples). It is prefilled once,
   its KV cache copied to every row, and each row's own suffix follows after a masked gap; stop strings are
   checked per row (stock checks them per batch). Plain greedy decoding runs in our own loop, which drops a row

@@ -294,7 +294,7 @@ def segment_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0
     key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
     sizes = [b - a for a, b in bounds]
     # split, not slicing: the backward of a split is one concatenation, that of each slice a zero-filled full-size
-    # gradient added to the others (1.7x slower per layer for 8 examples of ~110 tokens)
+    # gradient added to the others
     out = torch.cat([torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling,
                                                                       is_causal=True)
                      for q, k, v in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2))], dim=2)
