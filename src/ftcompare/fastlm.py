@@ -39,6 +39,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 
 @register_model("ftc-hf")
@@ -147,12 +148,19 @@ class FtcHF(HFLM):
         rows = torch.tensor([r for r, _, _ in need], device=dev)
         at = torch.tensor([q for _, q, _ in need], device=dev)
         tgt = torch.tensor([t for _, _, t in need], device=dev)
-        keep = torch.unique(at)                               # vocabulary logits only where a log-prob is read
-        logits = self.model(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos.to(dev),
-                            use_cache=bool(shared), logits_to_keep=keep, **kw).logits
-        lp = F.log_softmax(logits[rows, torch.searchsorted(keep, at)], dim=-1, dtype=self.softmax_dtype)
+        keep = torch.unique(at)                               # positions where some row reads a log-prob
+        pairs = (rows, torch.searchsorted(keep, at))           # ... and the (row, position) pairs read
+        with _head_only_at(self.model, pairs) as picked:
+            logits = self.model(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos.to(dev),
+                                use_cache=bool(shared), logits_to_keep=keep, **kw).logits
+        lp = F.log_softmax(logits[0] if picked else logits[pairs], dim=-1, dtype=self.softmax_dtype)
         tok = lp.gather(1, tgt[:, None]).squeeze(1)
-        hit = lp.argmax(-1) == tgt
+        # is_greedy as stock's argmax == target; amax is a cheaper pass, and argmax (first maximum) runs only on
+        # the rows where the target reaches the maximum
+        hit = tok == lp.amax(-1)
+        if bool(hit.any()):
+            at_max = hit.nonzero().squeeze(1)
+            hit[at_max] = lp[at_max].argmax(-1) == tgt[at_max]
         return [(i, (float(tok[a:a + n].sum()), bool(hit[a:a + n].all()))) for i, a, n in spans]
 
     def _mask_4d(self, allowed: torch.Tensor) -> torch.Tensor:
@@ -263,7 +271,7 @@ class FtcHF(HFLM):
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         out = self.model(input_ids=ids[:, prefix:], attention_mask=mask, position_ids=pos[:, prefix:],
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        cache = _preallocate(out.past_key_values, new_tokens)
         nxt = out.logits[:, -1].float().argmax(-1)
         gen = torch.full((B, new_tokens), pad, dtype=torch.long, device=dev)
         rows = torch.arange(B, device=dev)          # the original row of each live row
@@ -288,6 +296,45 @@ class FtcHF(HFLM):
         return gen[:, :steps]
 
 
+class _BufferLayer(DynamicLayer):
+    """A DynamicLayer whose keys/values live in a buffer allocated once for the whole generation: a step writes its
+    token in place and attention reads a view, where DynamicLayer concatenates (copies the whole cache) every step.
+    On a CPU that copy, not the arithmetic, is most of a decoding step's cost once rows x cache length is large."""
+
+    @classmethod
+    def wrap(cls, layer: DynamicLayer, extra: int) -> "_BufferLayer":
+        new = cls()
+        new.dtype, new.device, new.is_initialized = layer.keys.dtype, layer.keys.device, True
+        b, h, n, d = layer.keys.shape
+        new.kbuf = layer.keys.new_empty((b, h, n + extra, d))
+        new.vbuf = layer.values.new_empty((b, layer.values.shape[1], n + extra, layer.values.shape[3]))
+        new.kbuf[:, :, :n], new.vbuf[:, :, :n] = layer.keys, layer.values
+        new.n = n
+        new.keys, new.values = new.kbuf[:, :, :n], new.vbuf[:, :, :n]
+        return new
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        q = key_states.shape[-2]
+        if self.n + q > self.kbuf.shape[-2]:
+            raise RuntimeError(f"generation cache buffer full ({self.kbuf.shape[-2]} positions)")
+        self.kbuf[:, :, self.n:self.n + q] = key_states
+        self.vbuf[:, :, self.n:self.n + q] = value_states
+        self.n += q
+        self.keys, self.values = self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.kbuf, self.vbuf = self.kbuf[indices], self.vbuf[indices]
+        self.keys, self.values = self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n]
+
+
+def _preallocate(cache, extra: int):
+    """`cache` (a DynamicCache) with each full-attention layer moved into a buffer `extra` positions longer."""
+    if type(cache) is DynamicCache and all(type(la) is DynamicLayer for la in cache.layers):
+        cache.layers = [_BufferLayer.wrap(la, extra) for la in cache.layers]
+    return cache
+
+
 # generation_config fields that make generate() add a logits processor (greedy would then not be a plain argmax)
 _PROCESSOR_DEFAULTS = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
                        "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "min_length": 0,
@@ -300,6 +347,27 @@ _PROCESSOR_DEFAULTS = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 
 
 def _plain_greedy(gc) -> bool:
     return all(getattr(gc, k, d) in (d, None) for k, d in _PROCESSOR_DEFAULTS.items())
+
+
+class _head_only_at:
+    """Within the block, the model's output projection (vocabulary logits) sees only the hidden states at `pairs`
+    (rows, positions after logits_to_keep): [1, needed, hidden] instead of [rows, kept positions, hidden]. The
+    kept positions are the union over rows, so without this the projection also runs where no row reads a
+    log-prob. `as` gives whether the hook was placed (a model without get_output_embeddings: the plain path)."""
+
+    def __init__(self, model, pairs):
+        self.head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        self.pairs, self.handle = pairs, None
+
+    def __enter__(self) -> bool:
+        if self.head is not None:
+            self.handle = self.head.register_forward_pre_hook(
+                lambda _, args: (args[0][self.pairs][None], *args[1:]))
+        return self.handle is not None
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.remove()
 
 
 MIN_SHARED_PREFIX = 64   # tokens: a shorter common prefix of a batch's contexts is not worth a separate forward
