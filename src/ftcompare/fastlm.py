@@ -41,6 +41,8 @@ from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+LOOKUP_TOKENS = 8        # prompt-lookup draft length of the greedy loop (0: one token per row and forward)
+
 
 @register_model("ftc-hf")
 class FtcHF(HFLM):
@@ -49,9 +51,11 @@ class FtcHF(HFLM):
     `max_group_tokens` caps the tokens of one log-likelihood forward (rows x padded length): larger is faster
     until memory runs out; it never changes a score beyond float rounding."""
 
-    def __init__(self, *args, max_group_tokens: int = 8192, generation_batch_size: int | None = None, **kwargs):
+    def __init__(self, *args, max_group_tokens: int = 8192, generation_batch_size: int | None = None,
+                 lookup_tokens: int = LOOKUP_TOKENS, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_group_tokens = int(max_group_tokens)
+        self.lookup_tokens = int(lookup_tokens)
         self.generation_batch_size = generation_batch_size
         # one {"prompts", "seconds"} per chat-reply generate_until call (the evaluate stage reads its speed here)
         self.chat_reply_runs: list[dict] = []
@@ -79,7 +83,7 @@ class FtcHF(HFLM):
         answers: list[tuple[float, bool] | None] = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=(disable_tqdm or self.rank != 0),
                     desc="Running loglikelihood requests (ftc-hf)")
-        with torch.inference_mode():
+        with torch.inference_mode(), _gqa_attention(self.model):
             start = 0
             while start < len(order):
                 n = 1
@@ -166,7 +170,7 @@ class FtcHF(HFLM):
     def _mask_4d(self, allowed: torch.Tensor) -> torch.Tensor:
         """[B, 1, q, k] visibility -> the mask the model's attention takes as given (transformers passes a 4D
         mask through): boolean for sdpa, additive (0 / dtype min) for eager."""
-        if getattr(self.model.config, "_attn_implementation", "eager") == "sdpa":
+        if getattr(self.model.config, "_attn_implementation", "eager") in ("sdpa", GQA_SDPA):
             return allowed
         dtype = self.model.dtype
         return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
@@ -244,7 +248,8 @@ class FtcHF(HFLM):
             kw["past_key_values"] = cache
         if set(generation_kwargs) <= {"do_sample"} and _plain_greedy(self.model.generation_config):
             # plain greedy (no logits processor would run): our loop, which drops finished rows
-            gen = self._greedy_rows(ids, mask, prefix, kw.get("past_key_values"), new_tokens, stop, pad)
+            with _gqa_attention(self.model):
+                gen = self._greedy_rows(ids, mask, prefix, kw.get("past_key_values"), new_tokens, stop, pad)
         else:
             stopping = StoppingCriteriaList([_RowStop(self.tokenizer, stop, ids.shape[1], B)])
             out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
@@ -257,12 +262,16 @@ class FtcHF(HFLM):
 
     @torch.inference_mode()
     def _greedy_rows(self, ids, mask, prefix: int, cache, new_tokens: int, stop: list[str], pad: int):
-        """Greedy decoding as `generate(do_sample=False)` with per-row stops, but a row that has stopped (stop
-        string or EOS) leaves the batch: its KV cache rows are dropped and no further step computes it. HF's
-        generate keeps computing finished rows (emitting pad) until the last row stops; on a CPU each step's cost
-        grows with the rows and their KV caches, and a few long rows would keep all of them alive.
+        """Greedy decoding as `generate(do_sample=False)` with per-row stops, computing less:
+        - a row that has stopped (stop string or EOS) leaves the batch, its KV cache rows too (generate() keeps
+          computing finished rows until the last one stops, and on GSM8K a few rows run to max_gen_toks);
+        - prompt-lookup drafts (`lookup_tokens`): where a row's last 3 tokens occurred before in its prompt or
+          output, the tokens that followed them then are fed along with the row's next token, and kept as far
+          as each equals the model's own argmax at its position. Kept tokens are the greedy ones (up to float
+          order); a row that repeats itself, or copies its few-shot examples, advances several tokens per
+          forward. A rejected draft is overwritten: each row writes its cache at its own length (_RowCache).
         Same tokens as generate: argmax of fp32 logits, position ids from the attention mask as generate derives
-        them, pad after a row's end. -> [rows, generated steps] token ids."""
+        them, pad after a row's end. -> [rows, new_tokens] token ids (pad after each row's last token)."""
         dev = ids.device
         B = ids.shape[0]
         eos = self.model.generation_config.eos_token_id
@@ -271,68 +280,145 @@ class FtcHF(HFLM):
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         out = self.model(input_ids=ids[:, prefix:], attention_mask=mask, position_ids=pos[:, prefix:],
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache = _preallocate(out.past_key_values, new_tokens)
-        nxt = out.logits[:, -1].float().argmax(-1)
+        K = self.lookup_tokens
+        cache = _RowCache.wrap(out.past_key_values, new_tokens + K + 1)
         gen = torch.full((B, new_tokens), pad, dtype=torch.long, device=dev)
-        rows = torch.arange(B, device=dev)          # the original row of each live row
-        n_real = mask.sum(-1)                       # real tokens per live row: the next token's position
-        steps = 0
-        for step in range(new_tokens):
-            gen[rows, step] = nxt
-            steps = step + 1
-            done = torch.tensor([int(t) in eos for t in nxt.tolist()], dtype=torch.bool, device=dev)
-            done |= rowstop.rows_done(gen[rows, :steps])
-            if step == new_tokens - 1 or bool(done.all()):
+        width0 = mask.shape[1]
+        prompt_cols = mask.bool()                   # the prompt columns of the cache each live row attends to
+        rows = list(range(B))                       # the original row of each live row
+        n_real = mask.sum(-1).tolist()              # real tokens per live row: its next token's position id
+        drafts = [_Lookup(ids[b][mask[b].bool()].tolist()) for b in range(B)]
+        count = [0] * B                             # tokens generated per original row
+        reach = [K] * B                     # draft length per original row
+        emitted = [[t] for t in out.logits[:, -1].float().argmax(-1).tolist()]  # per live row: new, not in gen
+        while True:
+            done = []
+            for i, r in enumerate(rows):
+                new, stopped = emitted[i][: new_tokens - count[r]], False
+                for k, t in enumerate(new):
+                    if t in eos:
+                        new, stopped = new[: k + 1], True
+                        break
+                gen[r, count[r]:count[r] + len(new)] = torch.tensor(new, dtype=torch.long)
+                count[r] += len(new)
+                drafts[r].extend(new)
+                tail = gen[r, max(0, count[r] - len(new) - rowstop.lookback):count[r]]
+                done.append(stopped or count[r] >= new_tokens or rowstop.text_done(tail))
+            if all(done):
                 break
-            if bool(done.any()):
-                keep = (~done).nonzero().squeeze(1)
-                cache.batch_select_indices(keep)
-                rows, nxt, mask, n_real = rows[keep], nxt[keep], mask[keep], n_real[keep]
-            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-            out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=n_real[:, None],
-                             past_key_values=cache, use_cache=True)
-            n_real = n_real + 1
-            nxt = out.logits[:, -1].float().argmax(-1)
-        return gen[:, :steps]
+            if any(done):
+                keep = [i for i, d in enumerate(done) if not d]
+                cache.select(keep)
+                rows, n_real, emitted = [rows[i] for i in keep], [n_real[i] for i in keep], [emitted[i] for i in keep]
+                prompt_cols = prompt_cols[keep]
+            # each live row: its newest token (not yet in the cache), then its draft
+            feed = [[e[-1]] + drafts[r].draft(reach[r]) for e, r in zip(emitted, rows)]
+            q = max(len(f) for f in feed)
+            inp = torch.tensor([f + [pad] * (q - len(f)) for f in feed], dtype=torch.long, device=dev)
+            lens = torch.tensor(cache.lens, device=dev)
+            col = torch.arange(int(lens.max()) + q, device=dev)
+            # query j of row r sees its prompt's real columns, its tokens since, and feed[r][:j + 1]
+            allowed = col[None, None, :] <= lens[:, None, None] + torch.arange(q, device=dev)[None, :, None]
+            allowed[:, :, :width0] &= prompt_cols[:, None, :]
+            position = torch.tensor(n_real, device=dev)[:, None] + torch.arange(q, device=dev)[None, :]
+            out = self.model(input_ids=inp, attention_mask=self._mask_4d(allowed[:, None]).to(dev),
+                             position_ids=position, past_key_values=cache, use_cache=True)
+            best = out.logits.float().argmax(-1).tolist()
+            for i, f in enumerate(feed):
+                m = 0
+                while m < len(f) - 1 and f[m + 1] == best[i][m]:
+                    m += 1
+                emitted[i] = best[i][: m + 1]     # the accepted drafts (each = the argmax) and the token after
+                # a draft costs compute in every row it is fed to: a row's next one is twice what it got accepted
+                reach[rows[i]] = K
+                cache.lens[i] += m + 1            # the fed token and the accepted drafts stay in the cache
+                n_real[i] += m + 1
+        return gen
 
 
-class _BufferLayer(DynamicLayer):
-    """A DynamicLayer whose keys/values live in a buffer allocated once for the whole generation: a step writes its
-    token in place and attention reads a view, where DynamicLayer concatenates (copies the whole cache) every step.
-    On a CPU that copy, not the arithmetic, is most of a decoding step's cost once rows x cache length is large."""
+class _Lookup:
+    """A row's tokens so far, indexed by their 3-grams: draft(k) = the k tokens that followed the most recent
+    earlier occurrence of the row's last 3 tokens (none when those did not occur before)."""
+
+    N = 3
+
+    def __init__(self, tokens: list[int]):
+        self.tokens: list[int] = []
+        self.after: dict[tuple[int, ...], int] = {}
+        self.extend(tokens)
+
+    def extend(self, tokens: list[int]) -> None:
+        for t in tokens:
+            if len(self.tokens) >= self.N:
+                self.after[tuple(self.tokens[-self.N:])] = len(self.tokens)
+            self.tokens.append(t)
+
+    def draft(self, k: int) -> list[int]:
+        if k <= 0 or len(self.tokens) < self.N:
+            return []
+        j = self.after.get(tuple(self.tokens[-self.N:]))
+        return [] if j is None else self.tokens[j:j + k]
+
+
+class _RowLayer(DynamicLayer):
+    """A DynamicLayer whose keys/values live in a buffer allocated once for the whole generation, where row r
+    writes its new tokens at its own length lens[r] (one list shared by all layers of a _RowCache): a rejected
+    draft is simply overwritten later, and no step copies the cache (DynamicLayer concatenates, a copy of the
+    whole cache per step: on a CPU most of a decoding step's cost once rows x cache length is large).
+    Attention reads the first max(lens) + new positions; the caller's 4D mask says which of them a row sees."""
 
     @classmethod
-    def wrap(cls, layer: DynamicLayer, extra: int) -> "_BufferLayer":
+    def wrap(cls, layer: DynamicLayer, extra: int, lens: list[int]) -> "_RowLayer":
         new = cls()
         new.dtype, new.device, new.is_initialized = layer.keys.dtype, layer.keys.device, True
         b, h, n, d = layer.keys.shape
-        new.kbuf = layer.keys.new_empty((b, h, n + extra, d))
-        new.vbuf = layer.values.new_empty((b, layer.values.shape[1], n + extra, layer.values.shape[3]))
+        # zeros, not empty: a shorter row's mask hides columns it never wrote, but 0 x NaN garbage would still be NaN
+        new.kbuf = layer.keys.new_zeros((b, h, n + extra, d))
+        new.vbuf = layer.values.new_zeros((b, layer.values.shape[1], n + extra, layer.values.shape[3]))
         new.kbuf[:, :, :n], new.vbuf[:, :, :n] = layer.keys, layer.values
-        new.n = n
+        new.lens = lens
         new.keys, new.values = new.kbuf[:, :, :n], new.vbuf[:, :, :n]
         return new
 
     def update(self, key_states, value_states, *args, **kwargs):
-        q = key_states.shape[-2]
-        if self.n + q > self.kbuf.shape[-2]:
+        q, top = key_states.shape[-2], max(self.lens)
+        if top + q > self.kbuf.shape[-2]:
             raise RuntimeError(f"generation cache buffer full ({self.kbuf.shape[-2]} positions)")
-        self.kbuf[:, :, self.n:self.n + q] = key_states
-        self.vbuf[:, :, self.n:self.n + q] = value_states
-        self.n += q
-        self.keys, self.values = self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n]
+        if min(self.lens) == top:
+            self.kbuf[:, :, top:top + q], self.vbuf[:, :, top:top + q] = key_states, value_states
+        else:  # row r's positions lens[r] .. lens[r] + q - 1, in one indexed write per tensor
+            r = torch.arange(len(self.lens), device=self.kbuf.device)[:, None]
+            at = torch.tensor(self.lens, device=self.kbuf.device)[:, None] + torch.arange(q, device=self.kbuf.device)
+            self.kbuf.transpose(1, 2)[r, at] = key_states.transpose(1, 2)
+            self.vbuf.transpose(1, 2)[r, at] = value_states.transpose(1, 2)
+        self.keys, self.values = self.kbuf[:, :, :top + q], self.vbuf[:, :, :top + q]
         return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return max(self.lens)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self.kbuf, self.vbuf = self.kbuf[indices], self.vbuf[indices]
-        self.keys, self.values = self.kbuf[:, :, :self.n], self.vbuf[:, :, :self.n]
 
 
-def _preallocate(cache, extra: int):
-    """`cache` (a DynamicCache) with each full-attention layer moved into a buffer `extra` positions longer."""
-    if type(cache) is DynamicCache and all(type(la) is DynamicLayer for la in cache.layers):
-        cache.layers = [_BufferLayer.wrap(la, extra) for la in cache.layers]
-    return cache
+class _RowCache(DynamicCache):
+    """A DynamicCache of _RowLayers sharing one list of per-row lengths (`lens`, advanced by the caller)."""
+
+    @classmethod
+    def wrap(cls, cache: DynamicCache, extra: int) -> "_RowCache":
+        if not (type(cache) is DynamicCache and all(type(la) is DynamicLayer for la in cache.layers)):
+            raise TypeError(f"ftc-hf's greedy loop needs a DynamicCache of full-attention layers, got {type(cache)}")
+        new = cls()
+        new.lens = [cache.layers[0].keys.shape[-2]] * cache.layers[0].keys.shape[0]
+        new.layers = [_RowLayer.wrap(la, extra, new.lens) for la in cache.layers]
+        return new
+
+    def select(self, keep: list[int]) -> None:
+        """Keep only the live rows `keep` (indices, in order)."""
+        self.lens[:] = [self.lens[i] for i in keep]
+        idx = torch.tensor(keep, device=self.layers[0].kbuf.device)
+        for la in self.layers:
+            la.batch_select_indices(idx)
 
 
 # generation_config fields that make generate() add a logits processor (greedy would then not be a plain argmax)
@@ -347,6 +433,46 @@ _PROCESSOR_DEFAULTS = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 
 
 def _plain_greedy(gc) -> bool:
     return all(getattr(gc, k, d) in (d, None) for k, d in _PROCESSOR_DEFAULTS.items())
+
+
+GQA_SDPA = "ftc_gqa_sdpa"
+
+
+def gqa_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None,
+             **kwargs):
+    """transformers' sdpa attention, with grouped-query attention left to torch (enable_gqa) in every case.
+    transformers' own sdpa path copies every key/value head n_rep times (repeat_kv) whenever a mask is given and
+    more than one query token is fed: on a CPU that copy of the whole KV cache, per layer and forward, costs more
+    than the attention itself (ftc-hf always passes a mask: packed scoring, drafts). Same result: torch computes
+    the same sums over the same keys (bitwise equal in our measurements)."""
+    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    is_causal = query.shape[2] > 1 and attention_mask is None and is_causal
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                         scale=scaling, is_causal=is_causal,
+                                         enable_gqa=key.shape[1] != query.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+class _gqa_attention:
+    """Within the block, a model that uses sdpa uses gqa_sdpa (registered with transformers' AttentionInterface,
+    with sdpa's mask function); anything else is left as is."""
+
+    def __init__(self, model):
+        self.config = model.config
+        self.switched = getattr(self.config, "_attn_implementation", None) == "sdpa"
+
+    def __enter__(self):
+        if self.switched:
+            from transformers import AttentionInterface
+            from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+            AttentionInterface.register(GQA_SDPA, gqa_sdpa)
+            AttentionMaskInterface.register(GQA_SDPA, sdpa_mask)
+            self.config._attn_implementation = GQA_SDPA
+
+    def __exit__(self, *exc):
+        if self.switched:
+            self.config._attn_implementation = "sdpa"
 
 
 class _head_only_at:
@@ -401,6 +527,11 @@ class _RowStop(StoppingCriteria):
     def __call__(self, input_ids, scores, **kwargs):
         self.done |= self.rows_done(input_ids[:, self.start:]).cpu()
         return self.done.clone().to(input_ids.device)
+
+    def text_done(self, tokens: torch.Tensor) -> bool:
+        """Whether these generated tokens (one row's newest ones) hold a stop string."""
+        text = self.tokenizer.decode(tokens)
+        return any(s in text for s in self.stops)
 
     def rows_done(self, generated: torch.Tensor) -> torch.Tensor:
         """Which rows' generated tokens (so far) hold a stop string in their last `lookback` tokens."""
