@@ -103,6 +103,9 @@ def test_merged_logits_equal_adapter_logits(tiny_runs, method):
     tok = load_tokenizer(run.model)
     ids = tok(["A man is sitting on a roof. He starts pulling up roofing on a roof."], return_tensors="pt").input_ids
     base = load_base(run.model, run.method)  # NF4 for QLoRA, exactly as trained
+    four_bit = [m for m in base.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert bool(four_bit) == (run.method.quantization is not None)
+    assert not any(m.support_avx512bf16_for_cpu for m in four_bit)  # modeling.exact_4bit_on_cpu
     adapter_model = PeftModel.from_pretrained(base, str(res.output_dir / "final")).eval()
     from transformers import AutoModelForCausalLM
 
