@@ -104,11 +104,12 @@ def test_generation_matches_stock(lms):
     assert any(len(x) > 0 for x in a)
 
 
-@pytest.mark.parametrize("sharpen", [40.0, 3.0])
-def test_greedy_drops_finished_rows_same_text(tiny_model_dir, sharpen):
-    """ftc-hf's greedy loop drops a row once it stops (stop string or EOS); the texts stay stock's. The prompts
-    stop at different steps (one never stops before max_gen_toks), and fewer rows are computed at the end.
-    A mildly sharpened model (x3) has close second choices, so a wrong position id or mask changes the text."""
+@pytest.mark.parametrize("sharpen,lookup", [(40.0, 4), (3.0, 4), (3.0, 0)])
+def test_greedy_drops_finished_rows_same_text(tiny_model_dir, sharpen, lookup):
+    """ftc-hf's greedy loop drops a row once it stops (stop string or EOS) and feeds prompt-lookup drafts; the
+    texts stay stock's. The prompts stop at different steps (one never stops before max_gen_toks), fewer rows
+    are computed at the end, and with drafts some forwards advance rows by several tokens. A mildly sharpened
+    model (x3) has close second choices, so a wrong position id, mask or accepted draft changes the text."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -120,16 +121,17 @@ def test_greedy_drops_finished_rows_same_text(tiny_model_dir, sharpen):
         model.lm_head.weight.mul_(sharpen)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     stock = HFLM(pretrained=model, tokenizer=tok, batch_size=4, max_length=128)
-    fast = FtcHF(pretrained=model, tokenizer=tok, batch_size=3, max_length=128)
+    fast = FtcHF(pretrained=model, tokenizer=tok, batch_size=3, max_length=128, lookup_tokens=lookup)
     shots = "Q: the man walks to the store. A: he buys bread.\n\nQ: a woman is seen standing. A: she waves.\n\n"
     questions = ["a dog runs in the park", "people are playing", "he is cutting the", "the camera pans",
                  "she shows how to", "a boy rides", "two men", "the", "a cat sleeps on a mat"]
-    rows_seen, lengths = [], set()
+    rows_seen, widths, lengths, drafted = [], [], set(), False
     orig = model.forward
 
     def counting(*args, **kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         rows_seen.append(ids.shape[0])
+        widths.append(ids.shape[1])
         return orig(*args, **kwargs)
 
     for until in (["Q:", "\n\n"], [" the", "."]):
@@ -138,7 +140,7 @@ def test_greedy_drops_finished_rows_same_text(tiny_model_dir, sharpen):
                          idx=0) for q in questions]
         a = stock.generate_until(reqs, disable_tqdm=True)
         fast.generation_batch_size = len(questions)
-        rows_seen.clear()
+        rows_seen.clear(), widths.clear()
         model.forward = counting
         try:
             b = fast.generate_until(reqs, disable_tqdm=True)
@@ -147,8 +149,22 @@ def test_greedy_drops_finished_rows_same_text(tiny_model_dir, sharpen):
         assert a == b, until
         # rows left the batch as they stopped (the first forward is the shared prefix, one row)
         assert rows_seen[1] == len(questions) and min(rows_seen[1:]) < len(questions), rows_seen
+        drafted |= max(widths[2:]) > 1      # forwards after the suffix prefill: 1 token per row, or drafts
         lengths |= {len(x) for x in a}
     assert len(lengths) > 3, lengths  # rows did stop at different points
+    assert drafted == (lookup > 0)    # drafts were fed (and the texts stayed stock's)
+
+
+def test_lookup_drafts_follow_the_latest_earlier_occurrence():
+    from ftcompare.fastlm import _Lookup
+
+    look = _Lookup([1, 2, 3, 9, 1, 2, 3, 7, 5])
+    assert look.draft(4) == []                      # (3, 7, 5) did not occur before
+    look.extend([1, 2, 3])
+    assert look.draft(2) == [7, 5]                  # the latest earlier (1, 2, 3) was followed by 7, 5
+    assert look.draft(9) == [7, 5, 1, 2, 3]         # up to the end of what is known
+    assert _Lookup([4, 4, 4, 4]).draft(3) == [4]
+    assert look.draft(0) == [] and _Lookup([1, 2]).draft(3) == []
 
 
 def test_project_tasks_match_stock(lms, tiny_model_dir):
