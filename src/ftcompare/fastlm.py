@@ -33,6 +33,8 @@ default tasks.
 """
 from __future__ import annotations
 
+import contextvars
+
 import torch
 import torch.nn.functional as F
 from lm_eval.api.registry import register_model
@@ -242,19 +244,19 @@ class FtcHF(HFLM):
             ids[b, prefix + suffix_w - (len(r) - prefix):] = torch.tensor(r[prefix:])  # left-padded suffix
             mask[b, :prefix] = 1
             mask[b, prefix + suffix_w - (len(r) - prefix):] = 1
-        kw = {}
-        if prefix > 0:
-            with torch.inference_mode():
-                pre = self.model(input_ids=ids[:1, :prefix], use_cache=True, logits_to_keep=1)
-            cache = pre.past_key_values
-            if B > 1:
-                cache.batch_repeat_interleave(B)
-            kw["past_key_values"] = cache
         if set(generation_kwargs) <= {"do_sample"} and _plain_greedy(self.model.generation_config):
-            # plain greedy (no logits processor would run): our loop, which drops finished rows
-            with _gqa_attention(self.model):
-                gen = self._greedy_rows(ids, mask, prefix, kw.get("past_key_values"), new_tokens, stop, pad)
+            # plain greedy (no logits processor would run): our loop (drops finished rows, drafts, shared prefix)
+            with _gqa_attention(self.model) as ours:
+                gen = self._greedy_rows(ids, mask, prefix if ours else 0, new_tokens, stop, pad)
         else:
+            kw = {}
+            if prefix > 0:
+                with torch.inference_mode():
+                    pre = self.model(input_ids=ids[:1, :prefix], use_cache=True, logits_to_keep=1)
+                cache = pre.past_key_values
+                if B > 1:
+                    cache.batch_repeat_interleave(B)
+                kw["past_key_values"] = cache
             stopping = StoppingCriteriaList([_RowStop(self.tokenizer, stop, ids.shape[1], B)])
             out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
                                       stopping_criteria=stopping, pad_token_id=pad, use_cache=True,
@@ -265,7 +267,7 @@ class FtcHF(HFLM):
         return torch.cat([head, gen], dim=1)
 
     @torch.inference_mode()
-    def _greedy_rows(self, ids, mask, prefix: int, cache, new_tokens: int, stop: list[str], pad: int):
+    def _greedy_rows(self, ids, mask, prefix: int, new_tokens: int, stop: list[str], pad: int):
         """Greedy decoding as `generate(do_sample=False)` with per-row stops, computing less:
         - a row that has stopped (stop string or EOS) leaves the batch, its KV cache rows too (generate() keeps
           computing finished rows until the last one stops, and on GSM8K a few rows run to max_gen_toks);
@@ -273,7 +275,11 @@ class FtcHF(HFLM):
           output, the tokens that followed them then are fed along with the row's next token, and kept as far
           as each equals the model's own argmax at its position. Kept tokens are the greedy ones (up to float
           order); a row that repeats itself, or copies its few-shot examples, advances several tokens per
-          forward. A rejected draft is overwritten: each row writes its cache at its own length (_RowCache).
+          forward. A rejected draft is overwritten: each row writes its cache at its own length (_RowCache);
+        - the first `prefix` prompt tokens, the same in every row (few-shot examples), run once and are kept once:
+          attention of every row's queries over them is one computation, merged with the attention over the
+          row's own tokens by their log-sum-exp (gqa_sdpa; so only while gqa_sdpa is the attention: prefix 0
+          otherwise). Repeating the prefix's cache per row made each step read it once per row.
         Same tokens as generate: argmax of fp32 logits, position ids from the attention mask as generate derives
         them, pad after a row's end. -> [rows, new_tokens] token ids (pad after each row's last token)."""
         dev = ids.device
@@ -282,18 +288,35 @@ class FtcHF(HFLM):
         eos = set([eos] if isinstance(eos, int) else (eos or []))
         rowstop = _RowStop(self.tokenizer, stop, 0, B)
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        out = self.model(input_ids=ids[:, prefix:], attention_mask=mask, position_ids=pos[:, prefix:],
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
         K = self.lookup_tokens
-        cache = _RowCache.wrap(out.past_key_values, new_tokens + K + 1)
+        shared = None
+        if prefix > 0:
+            pre = self.model(input_ids=ids[:1, :prefix], use_cache=True, logits_to_keep=1).past_key_values
+            shared = [(la.keys, la.values) for la in pre.layers]
+        cache = _RowCache(B, ids.shape[1] - prefix + new_tokens + K + 1, shared)
+        prompt_cols = mask[:, prefix:].bool()       # the row's own prompt columns of the cache it attends to
+        width0 = prompt_cols.shape[1]
+        col = torch.arange(width0, device=dev)
+        allowed = (col[None, :] <= col[:, None])[None] & prompt_cols[:, None, :]
+        allowed |= torch.eye(width0, dtype=torch.bool, device=dev)[None]   # padding sees itself
+        token = _SHARED_PREFIX.set(cache)
+        try:
+            out = self.model(input_ids=ids[:, prefix:], attention_mask=self._mask_4d(allowed[:, None]),
+                             position_ids=pos[:, prefix:], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache.lens[:] = [width0] * B
+            return self._decode_rows(out, cache, ids, mask, prompt_cols, new_tokens, K, eos, rowstop, pad)
+        finally:
+            _SHARED_PREFIX.reset(token)
+
+    def _decode_rows(self, out, cache, ids, mask, prompt_cols, new_tokens, K, eos, rowstop, pad):
+        """_greedy_rows after the prompt: emit, stop, drop rows, draft, verify, until every row is done."""
+        dev = ids.device
+        B, width0 = ids.shape[0], prompt_cols.shape[1]
         gen = torch.full((B, new_tokens), pad, dtype=torch.long, device=dev)
-        width0 = mask.shape[1]
-        prompt_cols = mask.bool()                   # the prompt columns of the cache each live row attends to
         rows = list(range(B))                       # the original row of each live row
         n_real = mask.sum(-1).tolist()              # real tokens per live row: its next token's position id
         drafts = [_Lookup(ids[b][mask[b].bool()].tolist()) for b in range(B)]
         count = [0] * B                             # tokens generated per original row
-        reach = [K] * B                     # draft length per original row
         emitted = [[t] for t in out.logits[:, -1].float().argmax(-1).tolist()]  # per live row: new, not in gen
         while True:
             done = []
@@ -316,7 +339,7 @@ class FtcHF(HFLM):
                 rows, n_real, emitted = [rows[i] for i in keep], [n_real[i] for i in keep], [emitted[i] for i in keep]
                 prompt_cols = prompt_cols[keep]
             # each live row: its newest token (not yet in the cache), then its draft
-            feed = [[e[-1]] + drafts[r].draft(reach[r]) for e, r in zip(emitted, rows)]
+            feed = [[e[-1]] + drafts[r].draft(K) for e, r in zip(emitted, rows)]
             q = max(len(f) for f in feed)
             inp = torch.tensor([f + [pad] * (q - len(f)) for f in feed], dtype=torch.long, device=dev)
             lens = torch.tensor(cache.lens, device=dev)
@@ -334,7 +357,6 @@ class FtcHF(HFLM):
                     m += 1
                 emitted[i] = best[i][: m + 1]     # the accepted drafts (each = the argmax) and the token after
                 # a draft costs compute in every row it is fed to: a row's next one is twice what it got accepted
-                reach[rows[i]] = K
                 cache.lens[i] += m + 1            # the fed token and the accepted drafts stay in the cache
                 n_real[i] += m + 1
         return gen
@@ -365,57 +387,64 @@ class _Lookup:
 
 
 class _RowLayer(DynamicLayer):
-    """A DynamicLayer whose keys/values live in a buffer allocated once for the whole generation, where row r
-    writes its new tokens at its own length lens[r] (one list shared by all layers of a _RowCache): a rejected
-    draft is simply overwritten later, and no step copies the cache (DynamicLayer concatenates, a copy of the
-    whole cache per step: on a CPU most of a decoding step's cost once rows x cache length is large).
-    Attention reads the first max(lens) + new positions; the caller's 4D mask says which of them a row sees."""
+    """One layer of a _RowCache: keys/values in a buffer allocated (zeroed) at the first update for the whole
+    generation, where row r writes its new tokens at its own length lens[r] (the cache's list, shared by all
+    layers). A rejected draft is simply overwritten later, and no step copies the cache (DynamicLayer
+    concatenates: a copy of the whole cache per step, on a CPU most of a decoding step's cost). Attention reads
+    the first max(lens) + new positions; the caller's 4D mask says which of them a row sees."""
 
-    @classmethod
-    def wrap(cls, layer: DynamicLayer, extra: int, lens: list[int]) -> "_RowLayer":
-        new = cls()
-        new.dtype, new.device, new.is_initialized = layer.keys.dtype, layer.keys.device, True
-        b, h, n, d = layer.keys.shape
-        # zeros, not empty: a shorter row's mask hides columns it never wrote, but 0 x NaN garbage would still be NaN
-        new.kbuf = layer.keys.new_zeros((b, h, n + extra, d))
-        new.vbuf = layer.values.new_zeros((b, layer.values.shape[1], n + extra, layer.values.shape[3]))
-        new.kbuf[:, :, :n], new.vbuf[:, :, :n] = layer.keys, layer.values
-        new.lens = lens
-        new.keys, new.values = new.kbuf[:, :, :n], new.vbuf[:, :, :n]
-        return new
+    def __init__(self, owner: "_RowCache"):
+        super().__init__()
+        self.owner = owner
 
     def update(self, key_states, value_states, *args, **kwargs):
-        q, top = key_states.shape[-2], max(self.lens)
-        if top + q > self.kbuf.shape[-2]:
-            raise RuntimeError(f"generation cache buffer full ({self.kbuf.shape[-2]} positions)")
-        if min(self.lens) == top:
+        lens, cap = self.owner.lens, self.owner.capacity
+        if not self.is_initialized:
+            b, h, _, d = key_states.shape
+            self.dtype, self.device, self.is_initialized = key_states.dtype, key_states.device, True
+            # zeros, not empty: a row's mask hides columns it never wrote, but 0 x NaN garbage would be NaN
+            self.kbuf = key_states.new_zeros((b, h, cap, d))
+            self.vbuf = value_states.new_zeros((b, value_states.shape[1], cap, value_states.shape[3]))
+        q, top = key_states.shape[-2], max(lens)
+        if top + q > cap:
+            raise RuntimeError(f"generation cache buffer full ({cap} positions)")
+        if min(lens) == top:
             self.kbuf[:, :, top:top + q], self.vbuf[:, :, top:top + q] = key_states, value_states
         else:  # row r's positions lens[r] .. lens[r] + q - 1, in one indexed write per tensor
-            r = torch.arange(len(self.lens), device=self.kbuf.device)[:, None]
-            at = torch.tensor(self.lens, device=self.kbuf.device)[:, None] + torch.arange(q, device=self.kbuf.device)
+            r = torch.arange(len(lens), device=self.device)[:, None]
+            at = torch.tensor(lens, device=self.device)[:, None] + torch.arange(q, device=self.device)
             self.kbuf.transpose(1, 2)[r, at] = key_states.transpose(1, 2)
             self.vbuf.transpose(1, 2)[r, at] = value_states.transpose(1, 2)
         self.keys, self.values = self.kbuf[:, :, :top + q], self.vbuf[:, :, :top + q]
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
-        return max(self.lens)
+        return max(self.owner.lens)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.kbuf, self.vbuf = self.kbuf[indices], self.vbuf[indices]
+        if self.is_initialized:
+            self.kbuf, self.vbuf = self.kbuf[indices], self.vbuf[indices]
 
 
 class _RowCache(DynamicCache):
-    """A DynamicCache of _RowLayers sharing one list of per-row lengths (`lens`, advanced by the caller)."""
+    """The KV cache of ftc-hf's greedy loop: per-row lengths `lens` (advanced by the caller after a forward), room
+    for `capacity` positions per row, and optionally `shared`: per layer the (keys, values) [1, kv heads, P, d]
+    of a prefix every row starts with, kept once (gqa_sdpa attends to it; not part of the row buffers)."""
 
-    @classmethod
-    def wrap(cls, cache: DynamicCache, extra: int) -> "_RowCache":
-        if not (type(cache) is DynamicCache and all(type(la) is DynamicLayer for la in cache.layers)):
-            raise TypeError(f"ftc-hf's greedy loop needs a DynamicCache of full-attention layers, got {type(cache)}")
-        new = cls()
-        new.lens = [cache.layers[0].keys.shape[-2]] * cache.layers[0].keys.shape[0]
-        new.layers = [_RowLayer.wrap(la, extra, new.lens) for la in cache.layers]
-        return new
+    def __init__(self, rows: int, capacity: int, shared: list | None = None):
+        super().__init__()
+        self.lens = [0] * rows
+        self.capacity = capacity
+        self.shared = shared
+        self.layers = []
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        while len(self.layers) <= layer_idx:
+            self.layers.append(_RowLayer(self))
+        return self.layers[layer_idx].update(key_states, value_states)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return max(self.lens)
 
     def select(self, keep: list[int]) -> None:
         """Keep only the live rows `keep` (indices, in order)."""
@@ -440,6 +469,8 @@ def _plain_greedy(gc) -> bool:
 
 
 GQA_SDPA = "ftc_gqa_sdpa"
+# the _RowCache whose shared prefix gqa_sdpa attends to (set by ftc-hf's greedy loop around its forwards)
+_SHARED_PREFIX: contextvars.ContextVar = contextvars.ContextVar("ftc_shared_prefix", default=None)
 
 
 def gqa_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None,
@@ -448,13 +479,42 @@ def gqa_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, sc
     transformers' own sdpa path copies every key/value head n_rep times (repeat_kv) whenever a mask is given and
     more than one query token is fed: on a CPU that copy of the whole KV cache, per layer and forward, costs more
     than the attention itself (ftc-hf always passes a mask: packed scoring, drafts). Same result: torch computes
-    the same sums over the same keys (bitwise equal in our measurements)."""
+    the same sums over the same keys (bitwise equal in our measurements).
+    While ftc-hf's greedy loop runs with a shared prefix (_SHARED_PREFIX), `key`/`value` are each row's own
+    tokens and the prefix's keys/values are kept once: see _prefix_attention."""
+    cache = _SHARED_PREFIX.get()
+    if cache is not None and cache.shared is not None:
+        pk, pv = cache.shared[module.layer_idx]
+        return _prefix_attention(query, pk, pv, key, value, attention_mask, scaling), None
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     is_causal = query.shape[2] > 1 and attention_mask is None and is_causal
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                          scale=scaling, is_causal=is_causal,
                                          enable_gqa=key.shape[1] != query.shape[1])
     return out.transpose(1, 2).contiguous(), None
+
+
+def _prefix_attention(query, pk, pv, key, value, mask, scale):
+    """Attention of `query` [rows, heads, q, d] over a prefix every row sees in full (pk/pv [1, kv heads, P, d],
+    stored once) followed by each row's own keys (key/value [rows, kv heads, S, d], boolean `mask` [rows, 1, q,
+    S]): two flash-attention calls, the prefix one for all rows' queries at once, merged by their log-sum-exps.
+    Equal to one attention over the concatenated keys up to float rounding (tests/test_fastlm.py)."""
+    R, H, q, d = query.shape
+    hk = key.shape[1]
+    rep = H // hk
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu if query.device.type == "cpu" else None
+    qg = query.reshape(R, hk, rep * q, d)                 # query heads of one key/value head side by side
+    if flash is None:
+        raise RuntimeError("shared-prefix attention is implemented for CPU only")
+    o1, l1 = flash(qg.permute(1, 0, 2, 3).reshape(1, hk, R * rep * q, d), pk, pv, scale=scale)[:2]
+    o1 = o1.reshape(hk, R, rep * q, d).transpose(0, 1)
+    l1 = l1.reshape(hk, R, rep * q).transpose(0, 1)
+    m = mask[:, :, None].expand(R, 1, rep, q, mask.shape[-1]).reshape(R, 1, rep * q, mask.shape[-1])
+    o2, l2 = flash(qg, key, value, attn_mask=torch.zeros(m.shape, dtype=query.dtype, device=query.device)
+                   .masked_fill_(~m, float("-inf")), scale=scale)[:2]
+    lse = torch.logaddexp(l1, l2)
+    out = o1 * (l1 - lse).exp()[..., None] + o2 * (l2 - lse).exp()[..., None]
+    return out.reshape(R, H, q, d).transpose(1, 2).contiguous()
 
 
 class _gqa_attention:
@@ -465,7 +525,7 @@ class _gqa_attention:
         self.config = model.config
         self.switched = getattr(self.config, "_attn_implementation", None) == "sdpa"
 
-    def __enter__(self):
+    def __enter__(self) -> bool:
         if self.switched:
             from transformers import AttentionInterface
             from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -473,6 +533,7 @@ class _gqa_attention:
             AttentionInterface.register(GQA_SDPA, gqa_sdpa)
             AttentionMaskInterface.register(GQA_SDPA, sdpa_mask)
             self.config._attn_implementation = GQA_SDPA
+        return self.switched
 
     def __exit__(self, *exc):
         if self.switched:
