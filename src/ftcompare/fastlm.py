@@ -13,12 +13,18 @@ This subclass changes only *how* the numbers are computed, not *which* numbers:
   only, and its position ids continue from the context's end, so every log-probability is the one a separate
   row would give; the context runs once, and there is no padding between a short ending and a long one. A
   token prefix all contexts of a batch share (GSM8K's 8 worked examples) is prefilled once and its KV cache
-  repeated per row. Vocabulary logits are computed only at positions whose log-probability is read.
-- generate_until: the prompts of a batch share a token prefix (the few-shot examples). It is prefilled once,
-  its KV cache copied to every row, and each row's own suffix follows after a masked gap; stop strings are
-  checked per row (stock checks them per batch). Plain greedy decoding runs in our own loop, which drops a row
-  from the batch (its KV cache rows too) as soon as it stops: generate() keeps computing finished rows until
-  the last one stops, and on GSM8K a few rows run to max_gen_toks while most stop within ~60 tokens.
+  kept once (below). Vocabulary logits are computed only at the (row, position) pairs whose log-probability
+  is read. A batch stops taking rows much shorter than its longest once it is large enough.
+- generate_until: the prompts of a batch share a token prefix (the few-shot examples). It is prefilled once;
+  stop strings are checked per row (stock checks them per batch). Plain greedy decoding runs in our own loop
+  (_greedy_rows), which drops a row from the batch (its KV cache rows too) as soon as it stops (generate()
+  keeps computing finished rows until the last one stops, and on GSM8K a few rows run to max_gen_toks while
+  most stop within ~60 tokens), feeds prompt-lookup drafts and keeps those equal to the argmax, and writes its
+  KV cache into a buffer allocated once instead of concatenating per step.
+- attention (gqa_sdpa, while ftc-hf computes): grouped-query attention is left to torch instead of copying
+  every key/value head (transformers' sdpa does that whenever a mask is given), and a shared prefix's
+  keys/values are kept once: one flash-attention call for all rows' queries over the prefix, merged by
+  log-sum-exp with each row's attention over its own tokens.
 - generate_until of ftcompare's chat generation tasks (ftc_chat_gen_*, recognised by the generation_kwargs key
   `ftc_chat_reply` = {batch_size, seed}; the key never reaches transformers): all requests of the call, in
   lm-eval's document order, go to ftcompare.chat_eval.generate_replies (batches of batch_size, left-padded,
@@ -58,6 +64,7 @@ class FtcHF(HFLM):
         super().__init__(*args, **kwargs)
         self.max_group_tokens = int(max_group_tokens)
         self.lookup_tokens = int(lookup_tokens)
+        self._shared_prefix_attention = False   # while gqa_sdpa is the attention: a shared prefix is kept once
         self.generation_batch_size = generation_batch_size
         # one {"prompts", "seconds"} per chat-reply generate_until call (the evaluate stage reads its speed here)
         self.chat_reply_runs: list[dict] = []
@@ -86,7 +93,7 @@ class FtcHF(HFLM):
         answers: list[tuple[float, bool] | None] = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=(disable_tqdm or self.rank != 0),
                     desc="Running loglikelihood requests (ftc-hf)")
-        with torch.inference_mode(), _gqa_attention(self.model):
+        with torch.inference_mode(), _gqa_attention(self.model) as self._shared_prefix_attention:
             start = 0
             while start < len(order):
                 n, longest = 1, packed[order[start]]
@@ -113,8 +120,8 @@ class FtcHF(HFLM):
         mask lets each continuation token see its context and the earlier tokens of its own continuation only,
         and its position ids continue from the context's end, so each token's log-probability is the one a
         separate (context + continuation) row gives. A token prefix that all contexts share (few-shot examples)
-        is prefilled once and its KV cache repeated per row. Vocabulary logits are computed only at positions
-        some log-probability needs. -> [(request index, (sum of log-probs, is_greedy))]."""
+        is prefilled once and its KV cache kept once (gqa_sdpa; repeated per row under another attention).
+        Vocabulary logits are computed only at the (row, position) pairs some log-probability needs. -> [(request index, (sum of log-probs, is_greedy))]."""
         dev = self.device
         shared = _common_prefix(ctxs) if len(ctxs) > 1 else 0
         shared = shared if shared >= MIN_SHARED_PREFIX else 0
@@ -145,24 +152,30 @@ class FtcHF(HFLM):
         sq, sk = seg[:, :, None], seg[:, None, :]
         allowed = causal & (sk >= -1) & ((sk == -1) | (sk == sq))
         allowed |= torch.eye(L, dtype=torch.bool)
-        if shared:
-            allowed = torch.cat([torch.ones((B, L, shared), dtype=torch.bool), allowed], dim=2)
-        mask = self._mask_4d(allowed[:, None]).to(dev)
-        kw = {}
+        kw, cache = {}, None
         if shared:
             pre = self.model(input_ids=torch.tensor([ctxs[0][:shared]], device=dev),
                              position_ids=torch.arange(shared, device=dev)[None], use_cache=True, logits_to_keep=1)
-            cache = pre.past_key_values
-            cache.batch_repeat_interleave(B)
-            kw["past_key_values"] = cache
+            if self._shared_prefix_attention:   # the prefix kept once (gqa_sdpa), the mask over the rows' own tokens
+                cache = _RowCache(B, L, [(la.keys, la.values) for la in pre.past_key_values.layers])
+                kw["past_key_values"] = cache
+            else:
+                allowed = torch.cat([torch.ones((B, L, shared), dtype=torch.bool), allowed], dim=2)
+                pre.past_key_values.batch_repeat_interleave(B)
+                kw["past_key_values"] = pre.past_key_values
+        mask = self._mask_4d(allowed[:, None]).to(dev)
         rows = torch.tensor([r for r, _, _ in need], device=dev)
         at = torch.tensor([q for _, q, _ in need], device=dev)
         tgt = torch.tensor([t for _, _, t in need], device=dev)
         keep = torch.unique(at)                               # positions where some row reads a log-prob
         pairs = (rows, torch.searchsorted(keep, at))           # ... and the (row, position) pairs read
-        with _head_only_at(self.model, pairs) as picked:
-            logits = self.model(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos.to(dev),
-                                use_cache=bool(shared), logits_to_keep=keep, **kw).logits
+        token = _SHARED_PREFIX.set(cache)
+        try:
+            with _head_only_at(self.model, pairs) as picked:
+                logits = self.model(input_ids=ids.to(dev), attention_mask=mask, position_ids=pos.to(dev),
+                                    use_cache=bool(shared), logits_to_keep=keep, **kw).logits
+        finally:
+            _SHARED_PREFIX.reset(token)
         lp = F.log_softmax(logits[0] if picked else logits[pairs], dim=-1, dtype=self.softmax_dtype)
         tok = lp.gather(1, tgt[:, None]).squeeze(1)
         # is_greedy as stock's argmax == target; amax is a cheaper pass, and argmax (first maximum) runs only on
