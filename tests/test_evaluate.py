@@ -214,3 +214,18 @@ def test_wrapper_argument_errors():
     assert len(lines) == 1 and lines[0].startswith("error: unknown model alias '13m'; valid: ") and "135m" in lines[0]
     r = run_cli("bash", "scripts/evaluate_models.sh", "135m", "full", "adapter")
     assert r.returncode == 2 and "no adapter" in r.stderr
+
+
+def test_env_report_collected_once_per_stage(monkeypatch):
+    """lm-eval collects torch's environment report in every simple_evaluate call; the stage reuses the first."""
+    import torch.utils.collect_env as collect_env
+
+    from ftcompare.evaluate import _env_report_once
+
+    calls = []
+    monkeypatch.setattr(collect_env, "get_pretty_env_info", lambda: calls.append(1) or "env")
+    with _env_report_once():
+        assert collect_env.get_pretty_env_info() == collect_env.get_pretty_env_info() == "env"
+    assert len(calls) == 1
+    collect_env.get_pretty_env_info()
+    assert len(calls) == 2  # restored after the block

@@ -412,6 +412,23 @@ def _finish_generation(plan: EvalPlan, task: str, records: list[dict], end_of_tu
                             plan.generation, end_of_turn, seconds)
 
 
+class _env_report_once:
+    """lm-eval's simple_evaluate collects torch's environment report (torch.utils.collect_env: ~0.5 s of
+    subprocesses) in every call, and this stage calls it once per task, in one process and one environment:
+    within the block the first report is reused (combine keeps the first task's anyway)."""
+
+    def __enter__(self):
+        import functools
+
+        import torch.utils.collect_env as collect_env
+
+        self.module, self.real = collect_env, collect_env.get_pretty_env_info
+        collect_env.get_pretty_env_info = functools.lru_cache(maxsize=1)(self.real)
+
+    def __exit__(self, *exc):
+        self.module.get_pretty_env_info = self.real
+
+
 def combine(per_task: dict[str, dict]) -> tuple[dict, dict[str, list]]:
     """Per-task simple_evaluate outputs -> one results dict (as one multi-task call returns) + samples."""
     combined: dict = {}
@@ -476,20 +493,21 @@ def run(plan: EvalPlan) -> dict:
 
     per_task, seconds, generation = {}, {}, {}
     eot = chat_end_of_turn(tokenizer) if gen_tasks else None
-    for task in plan.tasks:
-        t = time.time()
-        print(f"[evaluate] {_label(plan)}: {task} (n-shot {plan.num_fewshot[task]}, limit {plan.limit[task]})", flush=True)
-        if task in gen_tasks:
-            lm.chat_reply_runs.clear()
-            per_task[task] = _run_task(lm, _generation_task(plan, task, gen_tm, eot), plan, gen_tm)
-            generation[task] = _finish_generation(plan, task, per_task[task]["samples"][task], eot,
-                                                  sum(r["seconds"] for r in lm.chat_reply_runs))
-            res, g = per_task[task]["results"][task], generation[task]
-            print(f"[generate] {task}: {len(per_task[task]['samples'][task])} prompts, stopped {res['stopped,none']:.0%}, "
-                  f"chrF {res['chrf,none']:.1f}, {g['new_tokens']} tokens in {g['seconds']:.1f} s", flush=True)
-        else:
-            per_task[task] = _run_task(lm, task, plan, tm)
-        seconds[task] = round(time.time() - t, 2)
+    with _env_report_once():
+        for task in plan.tasks:
+            t = time.time()
+            print(f"[evaluate] {_label(plan)}: {task} (n-shot {plan.num_fewshot[task]}, limit {plan.limit[task]})", flush=True)
+            if task in gen_tasks:
+                lm.chat_reply_runs.clear()
+                per_task[task] = _run_task(lm, _generation_task(plan, task, gen_tm, eot), plan, gen_tm)
+                generation[task] = _finish_generation(plan, task, per_task[task]["samples"][task], eot,
+                                                      sum(r["seconds"] for r in lm.chat_reply_runs))
+                res, g = per_task[task]["results"][task], generation[task]
+                print(f"[generate] {task}: {len(per_task[task]['samples'][task])} prompts, stopped {res['stopped,none']:.0%}, "
+                      f"chrF {res['chrf,none']:.1f}, {g['new_tokens']} tokens in {g['seconds']:.1f} s", flush=True)
+            else:
+                per_task[task] = _run_task(lm, task, plan, tm)
+            seconds[task] = round(time.time() - t, 2)
     results, samples = combine(per_task)
     results["task_hashes"] = {t: hash_string("".join(s["doc_hash"] + s["prompt_hash"] + s["target_hash"] for s in ss))
                               for t, ss in samples.items()}
