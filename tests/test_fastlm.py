@@ -211,3 +211,30 @@ def test_project_tasks_match_stock(lms, tiny_model_dir):
                                     bootstrap_iters=0, gen_kwargs="max_gen_toks=40", random_seed=1)
         gen[name] = [(s["resps"], s["exact_match"]) for s in r["samples"]["ftc_gsm8k_cot"]]
     assert gen["stock"] == gen["fast"]
+
+
+def test_prefix_attention_equals_one_attention():
+    """The shared-prefix attention (prefix once + each row's own keys, merged by log-sum-exp) against one sdpa over
+    the concatenated keys, through the CPU flash kernel and through the plain computation other devices use."""
+    import torch.nn.functional as F
+
+    from ftcompare import fastlm
+
+    g = torch.Generator().manual_seed(0)
+    R, H, hk, q, d, P, S = 3, 6, 2, 4, 8, 11, 7
+    query = torch.randn(R, q, H, d, generator=g).transpose(1, 2)
+    pk, pv = torch.randn(1, hk, P, d, generator=g), torch.randn(1, hk, P, d, generator=g)
+    key, value = torch.randn(R, hk, S, d, generator=g), torch.randn(R, hk, S, d, generator=g)
+    mask = torch.rand(R, 1, q, S, generator=g) > 0.4
+    mask[..., 0] = True
+    full_mask = torch.cat([torch.ones(R, 1, q, P, dtype=torch.bool), mask], -1)
+    ref = F.scaled_dot_product_attention(query, torch.cat([pk.expand(R, -1, -1, -1), key], 2),
+                                         torch.cat([pv.expand(R, -1, -1, -1), value], 2), attn_mask=full_mask,
+                                         scale=0.3, enable_gqa=True).transpose(1, 2)
+    out = fastlm._prefix_attention(query, pk, pv, key, value, mask, 0.3)
+    assert (out - ref).abs().max() < 1e-5
+    bias = torch.zeros(R, 1, q, S).masked_fill(~mask, float("-inf"))
+    q2 = query[:, :hk].contiguous()
+    flash = fastlm._attention_lse(q2, key, value, bias, 0.3, flash=True)
+    plain = fastlm._attention_lse(q2, key, value, bias, 0.3, flash=False)
+    assert all((a - b).abs().max() < 1e-5 for a, b in zip(flash, plain))

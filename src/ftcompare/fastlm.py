@@ -510,24 +510,35 @@ def gqa_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, sc
 def _prefix_attention(query, pk, pv, key, value, mask, scale):
     """Attention of `query` [rows, heads, q, d] over a prefix every row sees in full (pk/pv [1, kv heads, P, d],
     stored once) followed by each row's own keys (key/value [rows, kv heads, S, d], boolean `mask` [rows, 1, q,
-    S]): two flash-attention calls, the prefix one for all rows' queries at once, merged by their log-sum-exps.
+    S]): two attention calls, the prefix one for all rows' queries at once, merged by their log-sum-exps.
     Equal to one attention over the concatenated keys up to float rounding (tests/test_fastlm.py)."""
     R, H, q, d = query.shape
     hk = key.shape[1]
     rep = H // hk
-    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu if query.device.type == "cpu" else None
     qg = query.reshape(R, hk, rep * q, d)                 # query heads of one key/value head side by side
-    if flash is None:
-        raise RuntimeError("shared-prefix attention is implemented for CPU only")
-    o1, l1 = flash(qg.permute(1, 0, 2, 3).reshape(1, hk, R * rep * q, d), pk, pv, scale=scale)[:2]
+    o1, l1 = _attention_lse(qg.permute(1, 0, 2, 3).reshape(1, hk, R * rep * q, d), pk, pv, None, scale)
     o1 = o1.reshape(hk, R, rep * q, d).transpose(0, 1)
     l1 = l1.reshape(hk, R, rep * q).transpose(0, 1)
     m = mask[:, :, None].expand(R, 1, rep, q, mask.shape[-1]).reshape(R, 1, rep * q, mask.shape[-1])
-    o2, l2 = flash(qg, key, value, attn_mask=torch.zeros(m.shape, dtype=query.dtype, device=query.device)
-                   .masked_fill_(~m, float("-inf")), scale=scale)[:2]
+    bias = torch.zeros(m.shape, dtype=query.dtype, device=query.device).masked_fill_(~m, float("-inf"))
+    o2, l2 = _attention_lse(qg, key, value, bias, scale)
     lse = torch.logaddexp(l1, l2)
-    out = o1 * (l1 - lse).exp()[..., None] + o2 * (l2 - lse).exp()[..., None]
+    out = o1 * (l1 - lse).exp()[..., None].to(o1.dtype) + o2 * (l2 - lse).exp()[..., None].to(o2.dtype)
     return out.reshape(R, H, q, d).transpose(1, 2).contiguous()
+
+
+def _attention_lse(q, k, v, bias, scale, flash: bool | None = None):
+    """softmax(q k^T * scale + bias) v and the log-sum-exp of each query's scores: torch's CPU flash-attention
+    kernel on a CPU (flash None), the plain computation elsewhere."""
+    if flash if flash is not None else q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias,
+                                                                             scale=scale)[:2]
+        return out, lse
+    s = (q @ k.transpose(-1, -2)).float() * scale
+    if bias is not None:
+        s = s + bias
+    lse = torch.logsumexp(s, dim=-1)
+    return ((s - lse[..., None]).exp().to(v.dtype) @ v), lse
 
 
 class _gqa_attention:
