@@ -60,6 +60,9 @@ elif where == "final":          # the final weights written into the staging fol
         return out
     T.Trainer.save_model = _save
 elif where == "sigint":         # Ctrl-C in the middle of a training step (after global_step steps)
+    # what a terminal's Ctrl-C meets: Python's KeyboardInterrupt handler. A process started with SIGINT ignored
+    # (e.g. pytest run as a background job of a non-interactive shell: children inherit the ignore) never gets it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     orig_step = T.Trainer.training_step
     def _step(self, *a, **kw):
         if hit(self):
