@@ -64,7 +64,6 @@ class FtcHF(HFLM):
         super().__init__(*args, **kwargs)
         self.max_group_tokens = int(max_group_tokens)
         self.lookup_tokens = int(lookup_tokens)
-        self._shared_prefix_attention = False   # while gqa_sdpa is the attention: a shared prefix is kept once
         self.generation_batch_size = generation_batch_size
         # one {"prompts", "seconds"} per chat-reply generate_until call (the evaluate stage reads its speed here)
         self.chat_reply_runs: list[dict] = []
@@ -93,7 +92,7 @@ class FtcHF(HFLM):
         answers: list[tuple[float, bool] | None] = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=(disable_tqdm or self.rank != 0),
                     desc="Running loglikelihood requests (ftc-hf)")
-        with torch.inference_mode(), _gqa_attention(self.model) as self._shared_prefix_attention:
+        with torch.inference_mode(), _gqa_attention(self.model) as ours:
             start = 0
             while start < len(order):
                 n, longest = 1, packed[order[start]]
@@ -105,7 +104,7 @@ class FtcHF(HFLM):
                     n += 1
                 batch = order[start:start + n]
                 start += n
-                for i, ans in self._score_packed(batch, [groups[c] for c in batch], conts):
+                for i, ans in self._score_packed(batch, [groups[c] for c in batch], conts, ours):
                     answers[i] = ans
                     req_str = requests[i][0]
                     if req_str is not None:
@@ -114,7 +113,8 @@ class FtcHF(HFLM):
         pbar.close()
         return answers
 
-    def _score_packed(self, ctxs: list[tuple[int, ...]], members: list[list[int]], conts: list[list[int]]):
+    def _score_packed(self, ctxs: list[tuple[int, ...]], members: list[list[int]], conts: list[list[int]],
+                      keep_prefix_once: bool = False):
         """One forward for a batch of contexts and all their continuations. Row r holds context r, then each of
         its continuations' tokens but the last (the last is only predicted), one after the other. An attention
         mask lets each continuation token see its context and the earlier tokens of its own continuation only,
@@ -156,7 +156,7 @@ class FtcHF(HFLM):
         if shared:
             pre = self.model(input_ids=torch.tensor([ctxs[0][:shared]], device=dev),
                              position_ids=torch.arange(shared, device=dev)[None], use_cache=True, logits_to_keep=1)
-            if self._shared_prefix_attention:   # the prefix kept once (gqa_sdpa), the mask over the rows' own tokens
+            if keep_prefix_once:   # gqa_sdpa is the attention: the prefix kept once (gqa_sdpa), the mask over the rows' own tokens
                 cache = _RowCache(B, L, [(la.keys, la.values) for la in pre.past_key_values.layers])
                 kw["past_key_values"] = cache
             else:
@@ -626,6 +626,5 @@ class _RowStop(StoppingCriteria):
 
     def rows_done(self, generated: torch.Tensor) -> torch.Tensor:
         """Which rows' generated tokens (so far) hold a stop string in their last `lookback` tokens."""
-        texts = self.tokenizer.batch_decode(generated[:, -self.lookback:])
-        return torch.tensor([any(s in t for s in self.stops) for t in texts], dtype=torch.bool,
+        return torch.tensor([self.text_done(g[-self.lookback:]) for g in generated], dtype=torch.bool,
                             device=generated.device)
