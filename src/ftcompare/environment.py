@@ -1,9 +1,17 @@
 """The process environment every stage sets before Hugging Face libraries are imported."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 
 from . import paths
+
+# glibc malloc (Linux): keep freed memory for reuse instead of handing it back to the kernel. Its defaults return
+# the top of the heap and every block over a moving threshold to the kernel when freed, so each forward's fresh
+# activations (MBs each, hundreds per forward) are page-faulted and zeroed again. `make bench` shows the gain.
+# FTC_MALLOC_TUNING=0 keeps glibc's defaults.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 
 
 def setup_environment(offline: bool) -> None:
@@ -14,3 +22,19 @@ def setup_environment(offline: bool) -> None:
             os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    tune_allocator()
+
+
+def tune_allocator() -> bool:
+    """glibc: no memory mapped per allocation (M_MMAP_MAX 0: every block from the heap), the heap never trimmed,
+    and grown 64 MiB at a time. Peak memory is unchanged; memory freed after the peak stays with the process.
+    -> whether it applied (False: FTC_MALLOC_TUNING=0, or not glibc)."""
+    if os.environ.get("FTC_MALLOC_TUNING", "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(opt, val) == 1 for opt, val in
+               ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 64 << 20)))
