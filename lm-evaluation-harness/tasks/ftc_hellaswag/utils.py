@@ -7,7 +7,19 @@ Preprocessing is lm-eval's own.
 from __future__ import annotations
 
 import datasets
-from lm_eval.tasks.hellaswag.utils import process_docs  # noqa: F401  (upstream preprocessing, re-exported)
+from lm_eval.tasks.hellaswag.utils import process_docs as _upstream_process_docs
+
+_processed: dict[str, datasets.Dataset] = {}
+
+
+def process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
+    """Upstream's preprocessing (lm_eval.tasks.hellaswag.utils.process_docs), run once per split: lm-eval calls
+    this every time it reads a split's documents (four times per run for 'validation'), and each upstream call
+    maps every document again. Keyed by the split's content fingerprint."""
+    key = dataset._fingerprint
+    if key not in _processed:
+        _processed[key] = _upstream_process_docs(dataset)
+    return _processed[key]
 
 
 def load(**kwargs) -> datasets.DatasetDict:
