@@ -369,7 +369,6 @@ class FtcHF(HFLM):
                 while m < len(f) - 1 and f[m + 1] == best[i][m]:
                     m += 1
                 emitted[i] = best[i][: m + 1]     # the accepted drafts (each = the argmax) and the token after
-                # a draft costs compute in every row it is fed to: a row's next one is twice what it got accepted
                 cache.lens[i] += m + 1            # the fed token and the accepted drafts stay in the cache
                 n_real[i] += m + 1
         return gen
