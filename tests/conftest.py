@@ -13,6 +13,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_var] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# in-process `evaluate` calls would tune this process's allocator for every later test (test_cost's memory probe
+# reads resident memory); tests/test_environment.py tests the tuning in processes of its own
+os.environ["FTC_MALLOC_TUNING"] = "0"
 
 import pytest  # noqa: E402
 

@@ -26,7 +26,7 @@ import os
 import sys
 
 from . import config, paths
-from .environment import setup_environment
+from .environment import setup_environment, tune_allocator
 from .errors import FtcError
 
 
@@ -227,6 +227,7 @@ def cmd_list(args) -> int:
 
 def cmd_evaluate(args) -> int:
     _experiment(args.experiment)  # before transformers / lm_eval are imported
+    tune_allocator()              # forwards reuse freed memory (no page faults); evaluation measures no memory
     from .evaluate import evaluate_variant
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None

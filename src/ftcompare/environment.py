@@ -9,8 +9,9 @@ from . import paths
 
 # glibc malloc (Linux): keep freed memory for reuse instead of handing it back to the kernel. Its defaults return
 # the top of the heap and every block over a moving threshold to the kernel when freed, so each forward's fresh
-# activations (MBs each, hundreds per forward) are page-faulted and zeroed again. `make bench` shows the gain.
-# FTC_MALLOC_TUNING=0 keeps glibc's defaults.
+# activations (MBs each, hundreds per forward) are page-faulted and zeroed again. The evaluate stage sets it
+# (`make bench` shows the gain). Training does not: its CPU memory probe reads resident memory during steps, and
+# memory kept after being freed outside them would count. FTC_MALLOC_TUNING=0 keeps glibc's defaults.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 
 
@@ -22,7 +23,6 @@ def setup_environment(offline: bool) -> None:
             os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    tune_allocator()
 
 
 def tune_allocator() -> bool:

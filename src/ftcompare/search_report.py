@@ -20,7 +20,7 @@ import yaml
 
 from . import config, paths
 from .errors import FtcError
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 FILES = ("rungs.md", "trials.csv", "objective_vs_step.png", "best_overrides.yaml", "search_summary.json", "README.md")
 
@@ -117,9 +117,7 @@ def _figure(rows, space, best, path: Path, name: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue())   # a temp file per process: two search workers may both write it
 
 
 def _fairness(name: str, experiment: str, model: str, method: str, space) -> dict:
