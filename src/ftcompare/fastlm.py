@@ -260,7 +260,7 @@ class FtcHF(HFLM):
         if set(generation_kwargs) <= {"do_sample"} and _plain_greedy(self.model.generation_config):
             # plain greedy (no logits processor would run): our loop (drops finished rows, drafts, shared prefix)
             with _gqa_attention(self.model) as ours:
-                gen = self._greedy_rows(ids, mask, prefix if ours else 0, new_tokens, stop, pad)
+                gen = self._greedy_rows(ids, mask, prefix if ours else 0, new_tokens, stop)
         else:
             kw = {}
             if prefix > 0:
@@ -280,7 +280,7 @@ class FtcHF(HFLM):
         return torch.cat([head, gen], dim=1)
 
     @torch.inference_mode()
-    def _greedy_rows(self, ids, mask, prefix: int, new_tokens: int, stop: list[str], pad: int):
+    def _greedy_rows(self, ids, mask, prefix: int, new_tokens: int, stop: list[str]):
         """Greedy decoding as `generate(do_sample=False)` with per-row stops, computing less:
         - a row that has stopped (stop string or EOS) leaves the batch, its KV cache rows too (generate() keeps
           computing finished rows until the last one stops, and on GSM8K a few rows run to max_gen_toks);
@@ -297,16 +297,12 @@ class FtcHF(HFLM):
         them, pad after a row's end. -> [rows, new_tokens] token ids (pad after each row's last token)."""
         dev = ids.device
         B = ids.shape[0]
-        eos = self.model.generation_config.eos_token_id
-        eos = set([eos] if isinstance(eos, int) else (eos or []))
-        rowstop = _RowStop(self.tokenizer, stop, 0, B)
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        K = self.lookup_tokens
         shared = None
         if prefix > 0:
             pre = self.model(input_ids=ids[:1, :prefix], use_cache=True, logits_to_keep=1).past_key_values
             shared = [(la.keys, la.values) for la in pre.layers]
-        cache = _RowCache(B, ids.shape[1] - prefix + new_tokens + K + 1, shared)
+        cache = _RowCache(B, ids.shape[1] - prefix + new_tokens + self.lookup_tokens + 1, shared)
         prompt_cols = mask[:, prefix:].bool()       # the row's own prompt columns of the cache it attends to
         width0 = prompt_cols.shape[1]
         col = torch.arange(width0, device=dev)
@@ -317,14 +313,19 @@ class FtcHF(HFLM):
             out = self.model(input_ids=ids[:, prefix:], attention_mask=self._mask_4d(allowed[:, None]),
                              position_ids=pos[:, prefix:], past_key_values=cache, use_cache=True, logits_to_keep=1)
             cache.lens[:] = [width0] * B
-            return self._decode_rows(out, cache, ids, mask, prompt_cols, new_tokens, K, eos, rowstop, pad)
+            return self._decode_rows(out, cache, ids, mask, prompt_cols, new_tokens, stop)
         finally:
             _SHARED_PREFIX.reset(token)
 
-    def _decode_rows(self, out, cache, ids, mask, prompt_cols, new_tokens, K, eos, rowstop, pad):
-        """_greedy_rows after the prompt: emit, stop, drop rows, draft, verify, until every row is done."""
+    def _decode_rows(self, out, cache, ids, mask, prompt_cols, new_tokens: int, stop: list[str]):
+        """_greedy_rows after the prompt (`out`: its forward; `cache` holds it): emit, stop, drop rows, draft,
+        verify, until every row is done."""
         dev = ids.device
         B, width0 = ids.shape[0], prompt_cols.shape[1]
+        K, pad = self.lookup_tokens, self._pad_id()
+        eos = self.model.generation_config.eos_token_id
+        eos = set([eos] if isinstance(eos, int) else (eos or []))
+        rowstop = _RowStop(self.tokenizer, stop, 0, B)
         gen = torch.full((B, new_tokens), pad, dtype=torch.long, device=dev)
         rows = list(range(B))                       # the original row of each live row
         n_real = mask.sum(-1).tolist()              # real tokens per live row: its next token's position id
