@@ -1,4 +1,5 @@
-"""The process environment every stage sets before Hugging Face libraries are imported."""
+"""The process environment every stage sets before Hugging Face libraries are imported (setup_environment), and
+the allocator setting of the evaluate stage (tune_allocator)."""
 from __future__ import annotations
 
 import ctypes
@@ -10,7 +11,7 @@ from . import paths
 # glibc malloc (Linux): keep freed memory for reuse instead of handing it back to the kernel. Its defaults return
 # the top of the heap and every block over a moving threshold to the kernel when freed, so each forward's fresh
 # activations (MBs each, hundreds per forward) are page-faulted and zeroed again. The evaluate stage sets it
-# (`make bench` shows the gain). Training does not: its CPU memory probe reads resident memory during steps, and
+# (bench/eval_bench.py with and without FTC_MALLOC_TUNING=0 shows the gain; README, Speed). Training does not: its CPU memory probe reads resident memory during steps, and
 # memory kept after being freed outside them would count. FTC_MALLOC_TUNING=0 keeps glibc's defaults.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 

@@ -156,7 +156,7 @@ class FtcHF(HFLM):
         if shared:
             pre = self.model(input_ids=torch.tensor([ctxs[0][:shared]], device=dev),
                              position_ids=torch.arange(shared, device=dev)[None], use_cache=True, logits_to_keep=1)
-            if keep_prefix_once:   # gqa_sdpa is the attention: the prefix kept once (gqa_sdpa), the mask over the rows' own tokens
+            if keep_prefix_once:   # gqa_sdpa: the prefix's keys/values kept once, the mask over the rows' own tokens
                 cache = _RowCache(B, L, [(la.keys, la.values) for la in pre.past_key_values.layers])
                 kw["past_key_values"] = cache
             else:
