@@ -186,7 +186,7 @@ screenshots: $(SETUP) $(NODE_DEPS) ## docs/screenshots/*.png: the three demo tab
 # ---------------------------------------------------------------------------------------------------
 # Quality
 # ---------------------------------------------------------------------------------------------------
-test: $(SETUP) $(GGUF_CONVERTER) $(NODE_DEPS) ## run the test suite (sets itself up; ~N min on 2 CPU cores)
+test: $(SETUP) $(GGUF_CONVERTER) $(NODE_DEPS) ## run the test suite (sets itself up; ~13 min on 2 CPU cores)
 	@$(MAKE) --no-print-directory models/base/135m/manifest.json
 	FTC_REQUIRE_BROWSER=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
