@@ -186,12 +186,17 @@ screenshots: $(SETUP) $(NODE_DEPS) ## docs/screenshots/*.png: the three demo tab
 # ---------------------------------------------------------------------------------------------------
 # Quality
 # ---------------------------------------------------------------------------------------------------
-test: $(SETUP) $(GGUF_CONVERTER) $(NODE_DEPS) ## run the test suite (sets itself up; ~13 min on 2 CPU cores)
+# Test files run on TEST_JOBS processes (pytest-xdist; a file's tests stay on one process, so its module fixtures
+# are built once). TEST_JOBS=0 runs them in this process, one after another.
+TEST_JOBS ?= 2
+PYTEST := FTC_REQUIRE_BROWSER=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
+
+test: $(SETUP) $(GGUF_CONVERTER) $(NODE_DEPS) ## run the test suite (sets itself up; ~8 min on 2 CPU cores)
 	@$(MAKE) --no-print-directory models/base/135m/manifest.json
-	FTC_REQUIRE_BROWSER=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: $(SETUP) $(GGUF_CONVERTER) $(NODE_DEPS) ## the test suite without the slow end-to-end tests
-	FTC_REQUIRE_BROWSER=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 BENCH_VARIANTS ?=
 # make bench DEVICE=cuda ARCH=1b: the training table on a GPU for a random-initialised shape of bench/arch.yaml
