@@ -1,4 +1,5 @@
-"""The evaluate stage's allocator setting: glibc keeps freed memory for reuse (ftcompare.environment)."""
+"""ftcompare.environment: the evaluate stage's allocator setting (glibc keeps freed memory for reuse), and the exit
+status of the `python -m` entry points after an interrupt."""
 from __future__ import annotations
 
 import json
@@ -58,3 +59,26 @@ def test_evaluate_stage_tunes_the_allocator(monkeypatch):
     monkeypatch.setattr(evaluate, "evaluate_variant", lambda *a, **k: calls.append("evaluate") or 0)
     assert cli.main(["evaluate", "--model", "135m", "--method", "base"]) == 0
     assert calls == ["tune", "evaluate"]
+
+
+# (entry point, what sitecustomize replaces with code raising KeyboardInterrupt inside exec(), exit status wanted)
+ENTRIES = [
+    (["ftcompare", "list", "all-models"], "import ftcompare.cli as m\nm.COMMANDS['list'] = interrupted\n", 130),
+    (["ftcompare.demo"], "import ftcompare.config as m\nm.load_file = interrupted\n", 0),  # Ctrl-C stops the app
+]
+
+
+@pytest.mark.parametrize("argv,patch,status", ENTRIES, ids=["ftcompare", "demo"])
+def test_an_interrupt_inside_an_exec_gives_the_entry_points_exit_status(tmp_path, argv, patch, status):
+    """CPython run with -m exits by SIGINT (-2) once a KeyboardInterrupt has passed through an exec() of a string,
+    even a caught one (test_evaluate.py::test_sigterm_leaves_no_results_json once failed in CI with -2).
+    environment.exit_process clears it: both entry points end with the status their main() returns."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "def interrupted(*args, **kwargs):\n"
+        "    exec('raise KeyboardInterrupt')  # as a Ctrl-C landing in code a library runs through exec()\n" + patch)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(SRC)])}
+    r = subprocess.run([sys.executable, "-m", *argv], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == status, (r.returncode, r.stderr[-2000:])
+    if status:
+        assert r.stderr.strip() == ("error: interrupted; re-run the same command to resume "
+                                    "(finished outputs are kept)")

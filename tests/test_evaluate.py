@@ -174,20 +174,6 @@ def test_sigterm_leaves_no_results_json(proj):
     assert not [q for q in out.iterdir() if q.name.endswith(".tmp")]
 
 
-def test_interrupt_inside_an_exec_still_exits_130(tmp_path):
-    """CPython run with -m exits by SIGINT (-2) once a KeyboardInterrupt has passed through an exec() of a string,
-    even a caught one; this is how test_sigterm_leaves_no_results_json once failed in CI. __main__ clears it."""
-    (tmp_path / "sitecustomize.py").write_text(
-        "import ftcompare.cli as cli\n"
-        "def interrupted(args):\n"
-        "    exec('raise KeyboardInterrupt')  # as a Ctrl-C landing in code a library runs through exec()\n"
-        "cli.COMMANDS['list'] = interrupted\n")
-    r = run_cli(".venv/bin/python", "-m", "ftcompare", "list", "all-models",
-                env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
-    assert r.returncode == 130, (r.returncode, r.stderr[-2000:])
-    assert r.stderr.strip() == "error: interrupted; re-run the same command to resume (finished outputs are kept)"
-
-
 def test_errors_the_user_can_fix(proj, capsys):
     add_tiny_model_config(proj, proj / "unused", alias="tiny2")
     cases = [

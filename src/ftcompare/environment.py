@@ -1,18 +1,20 @@
-"""The process environment every stage sets before Hugging Face libraries are imported (setup_environment), and
-the allocator setting of the evaluate stage (tune_allocator)."""
+"""The process environment every stage sets before Hugging Face libraries are imported (setup_environment), the
+allocator setting of the evaluate stage (tune_allocator), and the exit of a `python -m` entry point (exit_process)."""
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
+from typing import NoReturn
 
 from . import paths
 
 # glibc malloc (Linux): keep freed memory for reuse instead of handing it back to the kernel. Its defaults return
 # the top of the heap and every block over a moving threshold to the kernel when freed, so each forward's fresh
 # activations (MBs each, hundreds per forward) are page-faulted and zeroed again. The evaluate stage sets it
-# (bench/eval_bench.py with and without FTC_MALLOC_TUNING=0 shows the gain; README, Speed). Training does not: its CPU memory probe reads resident memory during steps, and
-# memory kept after being freed outside them would count. FTC_MALLOC_TUNING=0 keeps glibc's defaults.
+# (bench/eval_bench.py with and without FTC_MALLOC_TUNING=0 shows the gain; README, Speed). Training does not: its
+# CPU memory probe reads resident memory during steps, and memory kept after being freed outside them would count.
+# FTC_MALLOC_TUNING=0 keeps glibc's defaults.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 
 
@@ -39,3 +41,13 @@ def tune_allocator() -> bool:
         return False
     return all(mallopt(opt, val) == 1 for opt, val in
                ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 64 << 20)))
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a `python -m` entry point with exit status `code`. CPython run with -m exits by SIGINT instead, whatever
+    the code, once a KeyboardInterrupt (Ctrl-C, or make's SIGTERM turned into one) has passed through an exec() or
+    eval() of a string, even one that was caught: that leaves _PyRuntime.signals.unhandled_keyboard_interrupt set,
+    and only the next such call clears it. A Ctrl-C landing while a library runs exec() (a dataclass being made)
+    does that. The eval below clears it."""
+    eval("0")
+    raise SystemExit(code)

@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from ..environment import exit_process
 from ..errors import FtcError
 
 
@@ -41,4 +42,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())   # Ctrl-C stops the app: exit 0
